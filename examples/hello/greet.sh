@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "$1 (built on $(uname -m))"

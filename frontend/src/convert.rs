@@ -1,0 +1,1343 @@
+//! Dockerfile → LLB: scopes ARG and ENV the way BuildKit does, expands the words of the instructions that
+//! expand variables, and turns the stages the target needs — and only those — into LLB vertices, while
+//! building the image config docker would write.
+
+use crate::ast::{Dockerfile, Heredoc};
+use crate::image::{HealthConfig, History, ImageInfo};
+use crate::instructions::{
+    self, ArgDecl, Command, CommandLine, CopyArgs, Healthcheck, Instruction, Location, RunArgs, Stage,
+};
+use crate::lint::LintWarning;
+use crate::shell::{Env, ShellLex};
+use crate::{Diagnostic, parser};
+use kiln_llb::{
+    CacheSharing, Copy, Definition, Exec, FileAction, FileOp, Input, Meta, Mount, MountKind, NetworkMode, Op,
+    Owner, Platform, Source, Vertex,
+};
+use std::collections::{BTreeMap, HashMap};
+
+/// The PATH docker gives a RUN when the image defines none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The LLB source name of the build context.
+pub const CONTEXT_NAME: &str = "context";
+
+/// Build args docker passes to RUN without an ARG declaration, and keeps out of the image history.
+const PROXY_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// A `--build-context NAME=VALUE` replacement for an image or stage named NAME.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A local directory, given to the solver under the LLB source name `context:NAME`.
+    Local,
+    /// `docker-image://REF`.
+    Image(String),
+    /// `oci-layout://PATH[:TAG|@DIGEST]`.
+    OciLayout { path: String, reference: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// `--target`; the last stage when unset.
+    pub target: Option<String>,
+    /// `--build-arg`s in the order given; a later one wins.
+    pub build_args: Vec<(String, String)>,
+    pub target_platform: Platform,
+    pub build_platform: Platform,
+    pub named_contexts: BTreeMap<String, NamedContext>,
+    /// `.dockerignore` patterns, applied to the context source.
+    pub ignore_patterns: Vec<String>,
+    pub no_cache: bool,
+    /// `--no-cache-filter`: stages whose steps must run even when cached.
+    pub no_cache_filter: Vec<String>,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        let host = Platform::host();
+        ConvertOptions {
+            target: None,
+            build_args: Vec::new(),
+            target_platform: host.clone(),
+            build_platform: host,
+            named_contexts: BTreeMap::new(),
+            ignore_patterns: Vec::new(),
+            no_cache: false,
+            no_cache_filter: Vec::new(),
+        }
+    }
+}
+
+/// Supplies base images' configs (ENV, WORKDIR, USER, ONBUILD...) where the caller can resolve them; the
+/// converter works without one, as `kiln debug llb` does.
+pub trait ImageResolver {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<Option<ImageInfo>, String>;
+}
+
+/// The result of a conversion.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    /// The target's graph; `definition.root` is its filesystem (`None` for an empty `FROM scratch` stage).
+    pub definition: Definition,
+    /// The target stage's image config and history.
+    pub image: ImageInfo,
+    pub platform: Platform,
+    /// Findings of the scoping lint rules (UndefinedVar, UndefinedArgInFrom).
+    pub lints: Vec<LintWarning>,
+    /// Build args given but never declared by a stage that was built.
+    pub unused_build_args: Vec<String>,
+}
+
+/// Converts a parsed Dockerfile for one target platform.
+pub fn convert(
+    df: &Dockerfile,
+    opts: &ConvertOptions,
+    resolver: Option<&dyn ImageResolver>,
+) -> Result<Converted, Diagnostic> {
+    let stages = instructions::parse_stages(&df.nodes)?;
+    let mut conv = Converter {
+        opts,
+        resolver,
+        lex: ShellLex::new(df.escape),
+        definition: Definition::default(),
+        stages: &stages.stages,
+        results: vec![None; stages.stages.len()],
+        in_progress: vec![false; stages.stages.len()],
+        meta_args: Vec::new(),
+        declared_meta: Vec::new(),
+        lints: Vec::new(),
+        used_build_args: Vec::new(),
+    };
+    conv.init_meta_args(&stages.global_args)?;
+    let target = conv.target_index()?;
+    conv.solve_stage(target, None)?;
+    let Some(result) = conv.results[target].take() else {
+        return Err(Diagnostic::new(1, 1, "", "the target stage produced no result"));
+    };
+    conv.definition.root = result.state;
+    conv.definition.prune();
+    let unused_build_args = opts
+        .build_args
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| !conv.used_build_args.contains(k) && !PROXY_ARGS.contains(&k.as_str()))
+        .fold(Vec::new(), |mut acc, k| {
+            if !acc.contains(&k) {
+                acc.push(k);
+            }
+            acc
+        });
+    let mut lints = conv.lints;
+    lints.sort_by_key(|l| l.line);
+    lints.dedup();
+    Ok(Converted {
+        definition: conv.definition,
+        image: result.image,
+        platform: result.platform,
+        lints,
+        unused_build_args,
+    })
+}
+
+/// What a finished stage leaves for the stages that use it.
+#[derive(Debug, Clone)]
+struct StageResult {
+    state: Option<Input>,
+    image: ImageInfo,
+    platform: Platform,
+}
+
+struct Converter<'a> {
+    opts: &'a ConvertOptions,
+    resolver: Option<&'a dyn ImageResolver>,
+    lex: ShellLex,
+    definition: Definition,
+    stages: &'a [Stage],
+    results: Vec<Option<StageResult>>,
+    /// Stages being converted, to catch cycles through COPY --from and RUN --mount from=.
+    in_progress: Vec<bool>,
+    /// Global ARGs with values plus the automatic platform args: the scope of FROM lines.
+    meta_args: Vec<(String, String)>,
+    /// Every global ARG name, with or without a value.
+    declared_meta: Vec<String>,
+    lints: Vec<LintWarning>,
+    used_build_args: Vec<String>,
+}
+
+/// The variables visible to one instruction: declared ARGs, then ENV (which wins).
+struct Scope {
+    args: Vec<(String, String)>,
+    declared_args: Vec<String>,
+}
+
+/// Per-stage state while its instructions are dispatched.
+struct StageState {
+    index: usize,
+    name: String,
+    state: Option<Input>,
+    image: ImageInfo,
+    platform: Platform,
+    scope: Scope,
+    cmd_set: bool,
+    step: usize,
+    steps: usize,
+}
+
+impl StageState {
+    fn vars(&self) -> Vec<(String, String)> {
+        let mut vars = self.scope.args.clone();
+        vars.extend(self.image.config.env_pairs());
+        vars
+    }
+
+    fn workdir(&self) -> String {
+        if self.image.config.working_dir.is_empty() { "/".into() } else { self.image.config.working_dir.clone() }
+    }
+
+    fn shell(&self) -> Vec<String> {
+        self.image.config.shell.clone().unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+    }
+
+    fn next_description(&mut self, text: &str) -> String {
+        self.step += 1;
+        format!("[{} {}/{}] {}", self.name, self.step, self.steps, text)
+    }
+
+    fn history(&mut self, created_by: String, empty_layer: bool) {
+        self.image.history.push(History { created_by, comment: "buildkit.dockerfile.v0".into(), empty_layer });
+    }
+}
+
+fn platform_args(prefix: &str, platform: &Platform) -> [(String, String); 4] {
+    [
+        (format!("{prefix}PLATFORM"), platform.to_string()),
+        (format!("{prefix}OS"), platform.os.clone()),
+        (format!("{prefix}ARCH"), platform.architecture.clone()),
+        (format!("{prefix}VARIANT"), platform.variant_str().to_string()),
+    ]
+}
+
+impl<'a> Converter<'a> {
+    fn build_arg(&self, name: &str) -> Option<&'a str> {
+        let opts: &'a ConvertOptions = self.opts;
+        opts.build_args.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn automatic_args(&self) -> Vec<(String, String)> {
+        let mut args = platform_args("TARGET", &self.opts.target_platform).to_vec();
+        args.extend(platform_args("BUILD", &self.opts.build_platform));
+        args
+    }
+
+    fn init_meta_args(&mut self, globals: &[(ArgDecl, Location)]) -> Result<(), Diagnostic> {
+        self.meta_args = self.automatic_args();
+        for (decl, location) in globals {
+            self.declared_meta.push(decl.name.clone());
+            let value = match self.build_arg(&decl.name) {
+                Some(v) => {
+                    self.used_build_args.push(decl.name.clone());
+                    Some(v.to_string())
+                }
+                None => match &decl.default {
+                    Some(default) => Some(self.expand(default, &self.meta_args.clone(), location, None)?),
+                    None => None,
+                },
+            };
+            if let Some(value) = value {
+                self.meta_args.push((decl.name.clone(), value));
+            }
+        }
+        Ok(())
+    }
+
+    fn target_index(&self) -> Result<usize, Diagnostic> {
+        match &self.opts.target {
+            None => Ok(self.stages.len() - 1),
+            Some(target) => self.stage_by_name(target, self.stages.len()).ok_or_else(|| {
+                let names: Vec<&str> = self.stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                Diagnostic::new(0, 0, "", format!("target stage {target:?} could not be found")).hint(
+                    if names.is_empty() {
+                        "the Dockerfile names no stages; add `AS name` to a FROM line".to_string()
+                    } else {
+                        format!("the stages are: {}", names.join(", "))
+                    },
+                )
+            }),
+        }
+    }
+
+    /// A stage by `AS` name (case-insensitive) among the first `before` stages.
+    fn stage_by_name(&self, name: &str, before: usize) -> Option<usize> {
+        let lower = name.to_lowercase();
+        self.stages[..before.min(self.stages.len())].iter().position(|s| s.name.as_deref() == Some(lower.as_str()))
+    }
+
+    /// A `--from`/`from=` reference: a stage name or index (any stage; cycles are caught), else `None`.
+    fn stage_ref(&self, reference: &str) -> Option<usize> {
+        if let Ok(index) = reference.parse::<usize>() {
+            return (index < self.stages.len()).then_some(index);
+        }
+        self.stage_by_name(reference, self.stages.len())
+    }
+
+    /// Expands one word, recording UndefinedVar findings for names neither ARG nor ENV define.
+    fn expand(
+        &mut self,
+        word: &str,
+        vars: &[(String, String)],
+        location: &Location,
+        declared: Option<&[String]>,
+    ) -> Result<String, Diagnostic> {
+        let (value, matches) = self
+            .lex
+            .process_word_with_matches(word, &vars.to_vec() as &dyn Env)
+            .map_err(|e| location.error_at(word, format!("failed to process {word:?}: {e}")))?;
+        if let Some(declared) = declared {
+            for name in matches.unmatched {
+                if !declared.contains(&name) && !vars.iter().any(|(k, _)| *k == name) {
+                    self.lints.push(LintWarning {
+                        rule: "UndefinedVar",
+                        line: location.start_line,
+                        message: format!("Usage of undefined variable '${name}'"),
+                        fix: format!("declare it with `ARG {name}` or `ENV {name}=value` before this line"),
+                    });
+                }
+            }
+        }
+        Ok(value)
+    }
+
+    fn expand_in(&mut self, st: &StageState, word: &str, location: &Location) -> Result<String, Diagnostic> {
+        let vars = st.vars();
+        let declared = st.scope.declared_args.clone();
+        self.expand(word, &vars, location, Some(&declared))
+    }
+
+    fn expand_from_line(&mut self, word: &str, location: &Location) -> Result<String, Diagnostic> {
+        let (value, matches) = self
+            .lex
+            .process_word_with_matches(word, &self.meta_args as &dyn Env)
+            .map_err(|e| location.error_at(word, format!("failed to process {word:?}: {e}")))?;
+        for name in matches.unmatched {
+            if !self.declared_meta.contains(&name) {
+                self.lints.push(LintWarning {
+                    rule: "UndefinedArgInFrom",
+                    line: location.start_line,
+                    message: format!("FROM argument '{name}' is not declared"),
+                    fix: format!("declare `ARG {name}` before the first FROM"),
+                });
+            }
+        }
+        Ok(value)
+    }
+
+    fn add(&mut self, op: Op, inputs: Vec<Input>, platform: &Platform, st: &StageState, description: String) -> Input {
+        let stage_name = self.stages[st.index].name.clone();
+        let ignore_cache = self.opts.no_cache
+            || stage_name.as_deref().is_some_and(|n| self.opts.no_cache_filter.iter().any(|f| f.eq_ignore_ascii_case(n)));
+        let meta = Meta {
+            description,
+            stage: Some(st.name.clone()),
+            lines: None,
+            ignore_cache,
+        };
+        self.definition.add(Vertex::new(op, inputs, Some(platform.clone()), meta))
+    }
+
+    fn add_located(
+        &mut self,
+        op: Op,
+        inputs: Vec<Input>,
+        st: &StageState,
+        description: String,
+        location: &Location,
+    ) -> Input {
+        let platform = st.platform.clone();
+        let input = self.add(op, inputs, &platform, st, description);
+        if let Some(v) = self.definition.vertices.iter_mut().find(|v| v.digest == input.vertex) {
+            v.meta.lines.get_or_insert((location.start_line, location.end_line));
+        }
+        input
+    }
+
+    fn source(&mut self, source: Source, platform: Option<&Platform>, description: String) -> Input {
+        let meta = Meta { description, ..Meta::default() };
+        self.definition.add(Vertex::new(Op::Source(source), vec![], platform.cloned(), meta))
+    }
+
+    fn context_source(&mut self) -> Input {
+        let exclude = self.opts.ignore_patterns.clone();
+        self.source(
+            Source::Local { name: CONTEXT_NAME.into(), include: vec![], exclude },
+            None,
+            "[internal] load build context".into(),
+        )
+    }
+
+    /// The filesystem and config a named context provides, if `name` is one.
+    fn named_context(&mut self, name: &str, platform: &Platform) -> Result<Option<StageResult>, String> {
+        let Some(context) = self.opts.named_contexts.get(name).cloned() else { return Ok(None) };
+        let (state, image) = match context {
+            NamedContext::Local => {
+                let input = self.source(
+                    Source::Local { name: format!("{CONTEXT_NAME}:{name}"), include: vec![], exclude: vec![] },
+                    None,
+                    format!("[context {name}] load from client"),
+                );
+                (Some(input), ImageInfo::default())
+            }
+            NamedContext::Image(reference) => {
+                let image = self.resolve_image(&reference, platform)?;
+                let input = self.source(
+                    Source::Image { reference: reference.clone() },
+                    Some(platform),
+                    format!("[context {name}] {reference}"),
+                );
+                (Some(input), image)
+            }
+            NamedContext::OciLayout { path, reference } => {
+                let input = self.source(
+                    Source::OciLayout { path: path.clone(), reference: reference.clone() },
+                    Some(platform),
+                    format!("[context {name}] oci-layout://{path}:{reference}"),
+                );
+                (Some(input), ImageInfo::default())
+            }
+        };
+        Ok(Some(StageResult { state, image, platform: platform.clone() }))
+    }
+
+    fn resolve_image(&self, reference: &str, platform: &Platform) -> Result<ImageInfo, String> {
+        match self.resolver {
+            Some(resolver) => Ok(resolver.resolve(reference, platform)?.unwrap_or_default()),
+            None => Ok(ImageInfo::default()),
+        }
+    }
+
+    /// Converts stage `index` (and first whatever it depends on) unless already done.
+    fn solve_stage(&mut self, index: usize, used_from: Option<&Location>) -> Result<(), Diagnostic> {
+        if self.results[index].is_some() {
+            return Ok(());
+        }
+        let stage = &self.stages[index];
+        if self.in_progress[index] {
+            let at = used_from.unwrap_or(&stage.location);
+            return Err(at
+                .error(format!("circular dependency detected on stage: {}", stage_label(stage, index)))
+                .hint("a stage cannot use itself, directly or through other stages"));
+        }
+        self.in_progress[index] = true;
+        let result = self.convert_stage(index)?;
+        self.in_progress[index] = false;
+        self.results[index] = Some(result);
+        Ok(())
+    }
+
+    /// A finished stage's result, converting it first if needed.
+    fn stage_result(&mut self, index: usize, location: &Location) -> Result<StageResult, Diagnostic> {
+        self.solve_stage(index, Some(location))?;
+        self.results[index].clone().ok_or_else(|| location.error("stage produced no result"))
+    }
+
+    fn convert_stage(&mut self, index: usize) -> Result<StageResult, Diagnostic> {
+        let stage = &self.stages[index];
+        let location = stage.location.clone();
+        let name = stage_label(stage, index);
+        let platform = match &stage.platform {
+            Some(raw) => {
+                let expanded = self.expand_from_line(raw, &location)?;
+                Platform::parse(&expanded).map_err(|e| location.error_at(raw, e.to_string()))?
+            }
+            None => self.opts.target_platform.clone(),
+        };
+        let base = self.expand_from_line(&stage.base.clone(), &location)?;
+        if base.is_empty() {
+            return Err(location
+                .error_at(&stage.base, format!("base name ({}) should not be blank", stage.base))
+                .hint("set the ARG it uses, e.g. with --build-arg"));
+        }
+        let steps = 1 + stage
+            .instructions
+            .iter()
+            .filter(|i| matches!(i.command, Command::Run(_) | Command::Copy(_) | Command::Add(_) | Command::Workdir(_)))
+            .count();
+        let mut st = StageState {
+            index,
+            name: name.clone(),
+            state: None,
+            image: ImageInfo::default(),
+            platform: platform.clone(),
+            scope: Scope { args: Vec::new(), declared_args: Vec::new() },
+            cmd_set: false,
+            step: 0,
+            steps,
+        };
+        let from_description = st.next_description(&format!("FROM {base}"));
+        let inherited = if let Some(result) =
+            self.named_context(&base, &platform).map_err(|e| location.error_at(&stage.base, e))?
+        {
+            result
+        } else if let Some(parent) = self.stage_by_name(&base, index) {
+            self.stage_result(parent, &location)?
+        } else if base.eq_ignore_ascii_case("scratch") {
+            StageResult { state: None, image: ImageInfo::default(), platform: platform.clone() }
+        } else {
+            let image = self
+                .resolve_image(&base, &platform)
+                .map_err(|e| location.error_at(&stage.base, format!("failed to resolve {base}: {e}")))?;
+            let state = self.source(Source::Image { reference: base.clone() }, Some(&platform), from_description);
+            StageResult { state: Some(state), image, platform: platform.clone() }
+        };
+        st.state = inherited.state;
+        st.image = inherited.image;
+        if st.image.config.get_env("PATH").is_none() {
+            st.image.config.set_env("PATH", DEFAULT_PATH);
+        }
+        let triggers = std::mem::take(&mut st.image.config.on_build);
+        for trigger in triggers {
+            let instruction = parse_trigger(&trigger, &location)?;
+            self.dispatch(&mut st, &instruction)?;
+        }
+        for instruction in &stage.instructions {
+            self.dispatch(&mut st, instruction)?;
+        }
+        Ok(StageResult { state: st.state, image: st.image, platform })
+    }
+
+    fn dispatch(&mut self, st: &mut StageState, ins: &Instruction) -> Result<(), Diagnostic> {
+        let loc = &ins.location;
+        match &ins.command {
+            Command::Arg(decls) => self.dispatch_arg(st, decls, loc)?,
+            Command::Env(pairs) => {
+                // All values of one ENV see the environment from before it, as in docker.
+                let mut expanded = Vec::new();
+                for kv in pairs {
+                    let key = self.expand_in(st, &kv.key, loc)?;
+                    let value = self.expand_in(st, &kv.value, loc)?;
+                    expanded.push((key, value));
+                }
+                let text: Vec<String> = expanded.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                for (key, value) in &expanded {
+                    st.image.config.set_env(key, value);
+                }
+                st.history(format!("ENV {}", text.join(" ")), true);
+            }
+            Command::Label(pairs) => {
+                let mut text = Vec::new();
+                for kv in pairs {
+                    let key = self.expand_in(st, &kv.key, loc)?;
+                    let value = self.expand_in(st, &kv.value, loc)?;
+                    text.push(format!("{key}={value}"));
+                    st.image.config.labels.insert(key, value);
+                }
+                st.history(format!("LABEL {}", text.join(" ")), true);
+            }
+            Command::Maintainer(name) => {
+                st.image.config.labels.insert("maintainer".into(), name.clone());
+                st.history(format!("MAINTAINER {name}"), true);
+            }
+            Command::Workdir(raw) => {
+                let expanded = self.expand_in(st, raw, loc)?;
+                let dir = clean_path(&join_path(&st.workdir(), &expanded));
+                st.image.config.working_dir = dir.clone();
+                let description = st.next_description(&format!("WORKDIR {dir}"));
+                let owner = owner_of(&st.image.config.user);
+                let action = FileAction::Mkdir { path: dir.clone(), mode: 0o755, make_parents: true, owner };
+                let op = Op::File(FileOp { has_base: st.state.is_some(), actions: vec![action] });
+                let inputs: Vec<Input> = st.state.into_iter().collect();
+                st.state = Some(self.add_located(op, inputs, st, description, loc));
+                st.history(format!("WORKDIR {dir}"), false);
+            }
+            Command::User(raw) => {
+                let user = self.expand_in(st, raw, loc)?;
+                st.history(format!("USER {user}"), true);
+                st.image.config.user = user;
+            }
+            Command::Expose(ports) => {
+                let mut added = Vec::new();
+                for raw in ports {
+                    let word = self.expand_in(st, raw, loc)?;
+                    for port in parse_ports(&word).map_err(|e| loc.error_at(raw, e))? {
+                        added.push(port.clone());
+                        st.image.config.exposed_ports.insert(port);
+                    }
+                }
+                let map: Vec<String> = added.iter().map(|p| format!("{p}:{{}}")).collect();
+                st.history(format!("EXPOSE map[{}]", map.join(" ")), true);
+            }
+            Command::Volume(volumes) => {
+                let mut added = Vec::new();
+                for raw in volumes {
+                    let volume = self.expand_in(st, raw, loc)?;
+                    if volume.trim().is_empty() {
+                        return Err(loc.error_at(raw, "VOLUME specified can not be an empty string"));
+                    }
+                    added.push(volume.clone());
+                    st.image.config.volumes.insert(volume);
+                }
+                st.history(format!("VOLUME [{}]", added.join(" ")), true);
+            }
+            Command::StopSignal(raw) => {
+                let signal = self.expand_in(st, raw, loc)?;
+                validate_signal(&signal).map_err(|e| loc.error_at(raw, e))?;
+                st.history(format!("STOPSIGNAL {signal}"), true);
+                st.image.config.stop_signal = Some(signal);
+            }
+            Command::Shell(shell) => {
+                st.history(format!("SHELL [{}]", shell.join(" ")), true);
+                st.image.config.shell = Some(shell.clone());
+            }
+            Command::Onbuild(trigger) => {
+                st.history(format!("ONBUILD {trigger}"), true);
+                st.image.config.on_build.push(trigger.clone());
+            }
+            Command::Cmd(line) => {
+                let args = self.command_args(st, line);
+                st.history(format!("CMD {}", go_quote_list(&args)), true);
+                st.image.config.cmd = Some(args);
+                st.cmd_set = true;
+            }
+            Command::Entrypoint(line) => {
+                let args = self.command_args(st, line);
+                st.history(format!("ENTRYPOINT {}", go_quote_list(&args)), true);
+                st.image.config.entrypoint = Some(args);
+                // An ENTRYPOINT resets an inherited CMD, but not one set earlier in this stage.
+                if !st.cmd_set {
+                    st.image.config.cmd = None;
+                }
+            }
+            Command::Healthcheck(check) => {
+                let config = match check {
+                    Healthcheck::None => HealthConfig { test: vec!["NONE".into()], ..HealthConfig::default() },
+                    Healthcheck::Cmd { command, interval, timeout, start_period, start_interval, retries } => {
+                        let test = match command {
+                            CommandLine::Shell(line) => vec!["CMD-SHELL".into(), line.clone()],
+                            CommandLine::Exec(args) => {
+                                let mut test = vec!["CMD".to_string()];
+                                test.extend(args.iter().cloned());
+                                test
+                            }
+                        };
+                        let duration = |v: &Option<String>| {
+                            v.as_deref().map(instructions::parse_duration).transpose().map(Option::unwrap_or_default)
+                        };
+                        HealthConfig {
+                            test,
+                            interval: duration(interval).map_err(|e| loc.error(e))?,
+                            timeout: duration(timeout).map_err(|e| loc.error(e))?,
+                            start_period: duration(start_period).map_err(|e| loc.error(e))?,
+                            start_interval: duration(start_interval).map_err(|e| loc.error(e))?,
+                            retries: retries.as_deref().and_then(|r| r.parse().ok()).unwrap_or(0),
+                        }
+                    }
+                };
+                st.history(format!("HEALTHCHECK {}", go_quote_list(&config.test)), true);
+                st.image.config.healthcheck = Some(config);
+            }
+            Command::Run(run) => self.dispatch_run(st, run, loc)?,
+            Command::Copy(copy) => self.dispatch_copy(st, copy, loc, false)?,
+            Command::Add(add) => self.dispatch_copy(st, add, loc, true)?,
+        }
+        Ok(())
+    }
+
+    fn dispatch_arg(&mut self, st: &mut StageState, decls: &[ArgDecl], loc: &Location) -> Result<(), Diagnostic> {
+        let mut text = Vec::new();
+        for decl in decls {
+            let value = if let Some(v) = self.build_arg(&decl.name) {
+                self.used_build_args.push(decl.name.clone());
+                Some(v.to_string())
+            } else if let Some(default) = &decl.default {
+                Some(self.expand_in(st, default, loc)?)
+            } else if let Some((_, v)) = self.meta_args.iter().rev().find(|(k, _)| *k == decl.name) {
+                // Redeclaring a global ARG (or an automatic platform ARG) brings its value into the stage.
+                Some(v.clone())
+            } else {
+                None
+            };
+            text.push(match &value {
+                Some(v) => format!("{}={v}", decl.name),
+                None => decl.name.clone(),
+            });
+            st.scope.declared_args.push(decl.name.clone());
+            st.scope.args.retain(|(k, _)| *k != decl.name);
+            if let Some(value) = value {
+                st.scope.args.push((decl.name.clone(), value));
+            }
+        }
+        st.history(format!("ARG {}", text.join(" ")), true);
+        Ok(())
+    }
+
+    /// CMD/ENTRYPOINT arguments: exec form as is, shell form wrapped in the stage's SHELL.
+    fn command_args(&self, st: &StageState, line: &CommandLine) -> Vec<String> {
+        match line {
+            CommandLine::Exec(args) => args.clone(),
+            CommandLine::Shell(cmd) => {
+                let mut args = st.shell();
+                args.push(cmd.clone());
+                args
+            }
+        }
+    }
+
+    /// The environment a RUN sees: the image's ENV, then declared ARGs that ENV does not override, then
+    /// proxy build args.
+    fn run_env(&self, st: &StageState) -> (Vec<String>, Vec<String>) {
+        let mut env = st.image.config.env.clone();
+        let mut history_args = Vec::new();
+        for (key, value) in &st.scope.args {
+            if st.image.config.get_env(key).is_none() {
+                env.push(format!("{key}={value}"));
+                if !PROXY_ARGS.contains(&key.as_str()) {
+                    history_args.push(format!("{key}={value}"));
+                }
+            }
+        }
+        for proxy in PROXY_ARGS {
+            if let Some(value) = self.build_arg(proxy)
+                && !st.scope.args.iter().any(|(k, _)| k == proxy)
+            {
+                env.push(format!("{proxy}={value}"));
+            }
+        }
+        (env, history_args)
+    }
+
+    fn dispatch_run(&mut self, st: &mut StageState, run: &RunArgs, loc: &Location) -> Result<(), Diagnostic> {
+        let mut extra_mounts = Vec::new();
+        let mut inputs: Vec<Input> = st.state.into_iter().collect();
+        let mut args = match &run.command {
+            CommandLine::Exec(args) => args.clone(),
+            CommandLine::Shell(cmd) => {
+                let mut args = st.shell();
+                args.push(run_shell_script(cmd, &run.heredocs));
+                args
+            }
+        };
+        // A lone `RUN <<EOF` whose body starts with `#!` runs the body as a script file, as BuildKit does.
+        if let (CommandLine::Shell(cmd), [heredoc]) = (&run.command, run.heredocs.as_slice())
+            && is_lone_heredoc(cmd)
+            && heredoc.content.starts_with("#!")
+        {
+            let data = if heredoc.chomp { chomp_heredoc(&heredoc.content) } else { heredoc.content.clone() };
+            let script = FileOp {
+                has_base: false,
+                actions: vec![FileAction::Mkfile { path: format!("/{}", heredoc.name), mode: 0o755, data, owner: None }],
+            };
+            let description = format!("[{} internal] heredoc {}", st.name, heredoc.name);
+            let script_input = self.add(Op::File(script), vec![], &st.platform.clone(), st, description);
+            inputs.push(script_input);
+            extra_mounts.push(Mount {
+                input: Some((inputs.len() - 1) as u32),
+                selector: "/".into(),
+                dest: "/dev/pipes/".into(),
+                kind: MountKind::Bind,
+                readonly: true,
+                output: false,
+                owner_mode: None,
+            });
+            args = vec![format!("/dev/pipes/{}", heredoc.name)];
+        }
+        let rootfs = Mount {
+            input: if st.state.is_some() { Some(0) } else { None },
+            selector: String::new(),
+            dest: "/".into(),
+            kind: MountKind::Bind,
+            readonly: false,
+            output: true,
+            owner_mode: None,
+        };
+        let mut mounts = vec![rootfs];
+        mounts.extend(extra_mounts);
+        for spec in &run.mounts {
+            let expanded = self.expand_in(st, spec, loc)?;
+            let parsed = parse_mount(&expanded).map_err(|e| loc.error_at(spec, e).hint(MOUNT_HINT))?;
+            let input = match parsed.from.as_deref() {
+                Some(from) => Some(self.from_input(st, from, loc)?),
+                None if matches!(parsed.kind, MountKind::Bind) => Some(self.context_source()),
+                None => None,
+            };
+            let input_index = input.map(|i| {
+                inputs.push(i);
+                (inputs.len() - 1) as u32
+            });
+            let dest = clean_path(&join_path(&st.workdir(), &parsed.target));
+            mounts.push(Mount {
+                input: input_index,
+                selector: parsed.source,
+                dest,
+                kind: parsed.kind,
+                readonly: parsed.readonly,
+                output: false,
+                owner_mode: parsed.owner_mode,
+            });
+        }
+        let network = match run.network.as_deref() {
+            None | Some("default") | Some("host") => NetworkMode::Host,
+            Some("none") => NetworkMode::None,
+            Some(other) => {
+                return Err(loc
+                    .error_at(other, format!("unsupported network mode {other:?}"))
+                    .hint("use --network=default, --network=none or --network=host"));
+            }
+        };
+        if let Some(security) = run.security.as_deref()
+            && security != "sandbox"
+        {
+            return Err(loc
+                .error_at(security, format!("--security={security} is not supported"))
+                .hint("kiln runs every RUN sandboxed; remove the flag or use --security=sandbox"));
+        }
+        let (env, history_args) = self.run_env(st);
+        let exec = Exec {
+            args: args.clone(),
+            env,
+            cwd: st.workdir(),
+            user: st.image.config.user.clone(),
+            network,
+            mounts,
+            hostname: String::new(),
+            extra_hosts: Vec::new(),
+        };
+        let shown = match &run.command {
+            CommandLine::Shell(cmd) => cmd.clone(),
+            CommandLine::Exec(args) => go_quote_list(args),
+        };
+        let description = st.next_description(&format!("RUN {}", first_line(&shown)));
+        st.state = Some(self.add_located(Op::Exec(exec), inputs, st, description, loc));
+        let prefix =
+            if history_args.is_empty() { String::new() } else { format!("|{} {} ", history_args.len(), history_args.join(" ")) };
+        st.history(format!("RUN {prefix}{} # buildkit", args.join(" ")), false);
+        Ok(())
+    }
+
+    /// The filesystem a `--from=`/`from=` names: a named context, a stage, or an image.
+    fn from_input(&mut self, st: &StageState, from: &str, loc: &Location) -> Result<Input, Diagnostic> {
+        if let Some(result) = self.named_context(from, &st.platform).map_err(|e| loc.error_at(from, e))? {
+            return self.state_or_scratch(result.state, st);
+        }
+        if let Some(index) = self.stage_ref(from) {
+            let result = self.stage_result(index, loc)?;
+            return self.state_or_scratch(result.state, st);
+        }
+        if from.eq_ignore_ascii_case("scratch") {
+            return self.state_or_scratch(None, st);
+        }
+        if from.parse::<usize>().is_ok() {
+            return Err(loc
+                .error_at(from, format!("invalid stage index {from}: the Dockerfile has {} stages", self.stages.len()))
+                .hint("stage indexes count FROM lines from 0"));
+        }
+        Ok(self.source(Source::Image { reference: from.to_string() }, Some(&st.platform), format!("[{}] FROM {from}", st.name)))
+    }
+
+    fn state_or_scratch(&mut self, state: Option<Input>, st: &StageState) -> Result<Input, Diagnostic> {
+        Ok(match state {
+            Some(input) => input,
+            None => self.source(Source::Scratch, Some(&st.platform), "scratch".into()),
+        })
+    }
+
+    fn dispatch_copy(&mut self, st: &mut StageState, args: &CopyArgs, loc: &Location, is_add: bool) -> Result<(), Diagnostic> {
+        let keyword = if is_add { "ADD" } else { "COPY" };
+        if is_add && args.from.is_some() {
+            return Err(loc.error("ADD does not support --from").hint("use COPY --from=STAGE"));
+        }
+        let dest_word = self.expand_in(st, &args.dest, loc)?;
+        let dest = {
+            let joined = join_path(&st.workdir(), &dest_word);
+            let mut cleaned = clean_path(&joined);
+            // A trailing slash (or `.`) says "into this directory", which the copy must keep knowing.
+            if (dest_word.ends_with('/') || dest_word == "." || dest_word.ends_with("/.")) && !cleaned.ends_with('/') {
+                cleaned.push('/');
+            }
+            cleaned
+        };
+        let owner = match &args.chown {
+            Some(raw) => {
+                let chown = self.expand_in(st, raw, loc)?;
+                Some(parse_owner(&chown).map_err(|e| loc.error_at(raw, e))?)
+            }
+            None => None,
+        };
+        let mode = match &args.chmod {
+            Some(raw) => {
+                let chmod = self.expand_in(st, raw, loc)?;
+                validate_chmod(&chmod).map_err(|e| loc.error_at(raw, e))?;
+                Some(chmod)
+            }
+            None => None,
+        };
+        let mut exclude = Vec::new();
+        for raw in &args.exclude {
+            exclude.push(self.expand_in(st, raw, loc)?);
+        }
+        let mut sources: Vec<(Input, Vec<String>, bool)> = Vec::new();
+        let from_input = match &args.from {
+            Some(raw) => {
+                let from = self.expand_in(st, raw, loc)?;
+                Some(self.from_input(st, &from, loc)?)
+            }
+            None => None,
+        };
+        let mut local_paths = Vec::new();
+        for raw in &args.sources {
+            if let Some(heredoc) = heredoc_for(raw, &args.heredocs) {
+                let data = if heredoc.expand { self.expand_heredoc(st, &heredoc.content, loc)? } else { heredoc.content.clone() };
+                let data = if heredoc.chomp { chomp_heredoc(&data) } else { data };
+                let file = FileOp {
+                    has_base: false,
+                    actions: vec![FileAction::Mkfile { path: format!("/{}", heredoc.name), mode: 0o644, data, owner: None }],
+                };
+                let description = format!("[{} internal] heredoc {}", st.name, heredoc.name);
+                let input = self.add(Op::File(file), vec![], &st.platform.clone(), st, description);
+                sources.push((input, vec![format!("/{}", heredoc.name)], false));
+                continue;
+            }
+            let src = self.expand_in(st, raw, loc)?;
+            if is_add && (src.starts_with("http://") || src.starts_with("https://")) {
+                let checksum = match &args.checksum {
+                    Some(c) => Some(self.expand_in(st, c, loc)?),
+                    None => None,
+                };
+                let input = self.source(
+                    Source::Http { url: src.clone(), checksum, filename: None },
+                    None,
+                    format!("[{}] ADD {src}", st.name),
+                );
+                sources.push((input, vec![url_filename(&src)], false));
+                continue;
+            }
+            if is_add && is_git_url(&src) {
+                let (remote, reference) = match src.split_once('#') {
+                    Some((r, f)) => (r.to_string(), Some(f.to_string())),
+                    None => (src.clone(), None),
+                };
+                let input = self.source(
+                    Source::Git { remote, reference, keep_git_dir: args.keep_git_dir },
+                    None,
+                    format!("[{}] ADD {src}", st.name),
+                );
+                sources.push((input, vec!["/".into()], false));
+                continue;
+            }
+            local_paths.push(src);
+        }
+        if !local_paths.is_empty() {
+            let input = match from_input {
+                Some(input) => input,
+                None => self.context_source(),
+            };
+            let auto_extract = is_add && args.unpack != Some(false);
+            sources.insert(0, (input, local_paths, auto_extract));
+        }
+        if args.checksum.is_some() && !sources.iter().any(|(i, _, _)| self.is_http(i)) {
+            return Err(loc.error("--checksum can only be used with HTTP(S) sources").hint("remove --checksum"));
+        }
+        let copy_count: usize = sources.iter().map(|(_, paths, _)| paths.len()).sum();
+        if copy_count > 1 && !dest.ends_with('/') {
+            return Err(loc
+                .error_at(&args.dest, format!("when using {keyword} with more than one source file, the destination must be a directory and end with a /"))
+                .hint(format!("write `{}/`", args.dest.trim_end_matches('/'))));
+        }
+        let base = if args.link { None } else { st.state };
+        let mut inputs: Vec<Input> = base.into_iter().collect();
+        let mut actions = Vec::new();
+        for (input, paths, auto_extract) in sources {
+            let src_input = match inputs.iter().position(|i| *i == input) {
+                Some(i) if base.is_none() || i > 0 => i,
+                _ => {
+                    inputs.push(input);
+                    inputs.len() - 1
+                }
+            } as u32;
+            actions.push(FileAction::Copy(Copy {
+                src_input,
+                src: paths,
+                dest: dest.clone(),
+                owner: owner.clone(),
+                mode: mode.clone(),
+                follow_symlinks: true,
+                dir_contents_only: true,
+                allow_wildcard: true,
+                allow_empty_wildcard: false,
+                create_dest_path: true,
+                auto_extract,
+                parents: args.parents,
+                exclude: exclude.clone(),
+                timestamp: None,
+            }));
+        }
+        let shown = format!("{keyword} {}", first_line(loc.original.split_once(char::is_whitespace).map_or("", |(_, r)| r.trim())));
+        let description = st.next_description(&shown);
+        let op = Op::File(FileOp { has_base: base.is_some(), actions });
+        let layer = self.add_located(op, inputs, st, description.clone(), loc);
+        st.state = Some(match (args.link, st.state) {
+            (true, Some(below)) => self.add_located(Op::Merge, vec![below, layer], st, description, loc),
+            _ => layer,
+        });
+        st.history(format!("{shown} # buildkit"), false);
+        Ok(())
+    }
+
+    fn is_http(&self, input: &Input) -> bool {
+        self.definition.get(&input.vertex).is_some_and(|v| matches!(v.op, Op::Source(Source::Http { .. })))
+    }
+
+    /// Heredoc bodies of COPY expand variables line by line, as the words of the instruction do.
+    fn expand_heredoc(&mut self, st: &StageState, content: &str, loc: &Location) -> Result<String, Diagnostic> {
+        let vars = st.vars();
+        let declared = st.scope.declared_args.clone();
+        let mut out = String::with_capacity(content.len());
+        for line in content.split_inclusive('\n') {
+            let (body, newline) = line.strip_suffix('\n').map_or((line, ""), |b| (b, "\n"));
+            // Quotes in a heredoc body are content, so escape them before expansion sees them.
+            let escaped = body.replace('\\', "\\\\").replace('"', "\\\"").replace('\'', "\\'");
+            out.push_str(&self.expand(&escaped, &vars, loc, Some(&declared))?);
+            out.push_str(newline);
+        }
+        Ok(out)
+    }
+}
+
+fn stage_label(stage: &Stage, index: usize) -> String {
+    stage.name.clone().unwrap_or_else(|| format!("stage-{index}"))
+}
+
+fn parse_trigger(trigger: &str, loc: &Location) -> Result<Instruction, Diagnostic> {
+    let df = parser::parse(trigger).map_err(|e| loc.error(format!("invalid ONBUILD trigger {trigger:?}: {}", e.message)))?;
+    let node = df.nodes.first().ok_or_else(|| loc.error(format!("empty ONBUILD trigger {trigger:?}")))?;
+    instructions::parse_instruction(node)
+        .map_err(|e| loc.error(format!("invalid ONBUILD trigger {trigger:?}: {}", e.message)))
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+/// Go's `%q` of a string slice, as docker writes CMD and ENTRYPOINT into history.
+fn go_quote_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| serde_json::to_string(s).unwrap_or_default()).collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+fn heredoc_for<'h>(word: &str, heredocs: &'h [Heredoc]) -> Option<&'h Heredoc> {
+    let name = word.strip_prefix("<<")?;
+    let name = name.strip_prefix('-').unwrap_or(name);
+    let name = name.trim_matches(|c| c == '"' || c == '\'');
+    heredocs.iter().find(|h| h.name == name)
+}
+
+fn is_lone_heredoc(cmd: &str) -> bool {
+    let word = cmd.trim();
+    word.starts_with("<<") && !word.contains(char::is_whitespace)
+}
+
+/// What the shell runs for a shell-form RUN: a lone heredoc runs its body; a command with heredocs gets
+/// them appended so the shell feeds them itself.
+fn run_shell_script(cmd: &str, heredocs: &[Heredoc]) -> String {
+    match heredocs {
+        [] => cmd.to_string(),
+        [only] if is_lone_heredoc(cmd) => {
+            if only.chomp { chomp_heredoc(&only.content) } else { only.content.clone() }
+        }
+        _ => {
+            let mut full = cmd.to_string();
+            for heredoc in heredocs {
+                full.push('\n');
+                full.push_str(&heredoc.content);
+                full.push_str(&heredoc.name);
+            }
+            full
+        }
+    }
+}
+
+/// `<<-` strips leading tabs from every line.
+fn chomp_heredoc(content: &str) -> String {
+    content.split_inclusive('\n').map(|line| line.trim_start_matches('\t')).collect()
+}
+
+fn join_path(workdir: &str, path: &str) -> String {
+    if path.starts_with('/') { path.to_string() } else { format!("{}/{}", workdir.trim_end_matches('/'), path) }
+}
+
+/// Lexical cleaning like Go's `path.Clean` for absolute paths.
+pub fn clean_path(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+fn owner_of(user: &str) -> Option<Owner> {
+    if user.is_empty() {
+        return None;
+    }
+    parse_owner(user).ok()
+}
+
+fn parse_owner(chown: &str) -> Result<Owner, String> {
+    let (user, group) = match chown.split_once(':') {
+        Some((u, g)) => (u, Some(g.to_string())),
+        None => (chown, None),
+    };
+    if user.is_empty() {
+        return Err(format!("invalid --chown {chown:?}: the user is empty (write USER[:GROUP])"));
+    }
+    Ok(Owner { user: user.to_string(), group: group.filter(|g| !g.is_empty()) })
+}
+
+fn validate_chmod(chmod: &str) -> Result<(), String> {
+    let octal = u32::from_str_radix(chmod, 8).ok().filter(|m| *m <= 0o7777 && !chmod.is_empty());
+    let symbolic = !chmod.is_empty()
+        && chmod.split(',').all(|clause| {
+            let ops = clause.trim_start_matches(['u', 'g', 'o', 'a']);
+            !ops.is_empty()
+                && ops.starts_with(['+', '-', '='])
+                && ops.chars().all(|c| "+-=rwxXst".contains(c))
+        });
+    if octal.is_some() || symbolic {
+        Ok(())
+    } else {
+        Err(format!("invalid --chmod {chmod:?}: use an octal mode like 0755 or a symbolic one like u+x,go-w"))
+    }
+}
+
+fn validate_signal(signal: &str) -> Result<(), String> {
+    let name = signal.strip_prefix("SIG").unwrap_or(signal);
+    let known = [
+        "ABRT", "ALRM", "BUS", "CHLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL", "PIPE", "PROF", "PWR",
+        "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2",
+        "VTALRM", "WINCH", "XCPU", "XFSZ",
+    ];
+    let realtime = name.strip_prefix("RTMIN").or_else(|| name.strip_prefix("RTMAX")).is_some();
+    if known.contains(&name) || realtime || signal.parse::<u32>().is_ok_and(|n| (1..=64).contains(&n)) {
+        Ok(())
+    } else {
+        Err(format!("invalid signal {signal:?}: use a name like SIGTERM or a number"))
+    }
+}
+
+/// `80`, `80/tcp`, `8000-8002/udp` → `["80/tcp"]`, `["8000/udp", "8001/udp", "8002/udp"]`.
+fn parse_ports(word: &str) -> Result<Vec<String>, String> {
+    let bad = || format!("invalid port {word:?}: write PORT[/PROTOCOL] or START-END[/PROTOCOL], e.g. 80/tcp");
+    let (ports, proto) = match word.split_once('/') {
+        Some((p, proto)) => (p, proto.to_lowercase()),
+        None => (word, "tcp".to_string()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(bad());
+    }
+    let (start, end) = match ports.split_once('-') {
+        Some((s, e)) => (s.parse::<u16>().map_err(|_| bad())?, e.parse::<u16>().map_err(|_| bad())?),
+        None => {
+            let p = ports.parse::<u16>().map_err(|_| bad())?;
+            (p, p)
+        }
+    };
+    if end < start {
+        return Err(bad());
+    }
+    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+}
+
+fn url_filename(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let name = path.rsplit('/').next().filter(|n| !n.is_empty() && !path.ends_with("//")).unwrap_or("index.html");
+    format!("/{name}")
+}
+
+fn is_git_url(src: &str) -> bool {
+    src.starts_with("git@")
+        || src.starts_with("git://")
+        || ((src.starts_with("https://") || src.starts_with("http://")) && src.split('#').next().is_some_and(|s| s.ends_with(".git")))
+}
+
+const MOUNT_HINT: &str =
+    "write e.g. --mount=type=cache,target=/root/.cache or --mount=type=bind,from=STAGE,source=/src,target=/dst";
+
+struct ParsedMount {
+    kind: MountKind,
+    target: String,
+    source: String,
+    from: Option<String>,
+    readonly: bool,
+    owner_mode: Option<(u32, u32, u32)>,
+}
+
+/// Parses a `RUN --mount=` value (comma-separated `key=value` fields, BuildKit's names and defaults).
+fn parse_mount(spec: &str) -> Result<ParsedMount, String> {
+    let mut fields: HashMap<String, String> = HashMap::new();
+    let mut flags = Vec::new();
+    for field in spec.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        match field.split_once('=') {
+            Some((k, v)) => {
+                fields.insert(k.to_lowercase(), v.to_string());
+            }
+            None => flags.push(field.to_lowercase()),
+        }
+    }
+    let kind_name = fields.remove("type").unwrap_or_else(|| "bind".into());
+    let target = fields
+        .remove("target")
+        .or_else(|| fields.remove("dst"))
+        .or_else(|| fields.remove("destination"))
+        .unwrap_or_default();
+    let source = fields.remove("source").or_else(|| fields.remove("src")).unwrap_or_default();
+    let from = fields.remove("from");
+    let id = fields.remove("id");
+    let bool_field = |fields: &mut HashMap<String, String>, flags: &[String], name: &str| -> Result<Option<bool>, String> {
+        if flags.iter().any(|f| f == name) {
+            return Ok(Some(true));
+        }
+        match fields.remove(name).as_deref() {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(other) => Err(format!("invalid value {other:?} for mount option {name}: use true or false")),
+        }
+    };
+    let rw = bool_field(&mut fields, &flags, "rw")?.or(bool_field(&mut fields, &flags, "readwrite")?);
+    let ro = bool_field(&mut fields, &flags, "ro")?.or(bool_field(&mut fields, &flags, "readonly")?);
+    let required = bool_field(&mut fields, &flags, "required")?;
+    let number = |fields: &mut HashMap<String, String>, name: &str, radix: u32| -> Result<Option<u32>, String> {
+        fields
+            .remove(name)
+            .map(|v| u32::from_str_radix(&v, radix).map_err(|_| format!("invalid {name} {v:?} in mount")))
+            .transpose()
+    };
+    let uid = number(&mut fields, "uid", 10)?;
+    let gid = number(&mut fields, "gid", 10)?;
+    let mode = number(&mut fields, "mode", 8)?;
+    let owner_mode = |default_mode: u32| {
+        (uid.is_some() || gid.is_some() || mode.is_some()).then(|| (uid.unwrap_or(0), gid.unwrap_or(0), mode.unwrap_or(default_mode)))
+    };
+    let (kind, readonly, owner_mode, target) = match kind_name.as_str() {
+        "bind" => {
+            if target.is_empty() {
+                return Err("mount type=bind needs target=PATH".into());
+            }
+            (MountKind::Bind, !rw.unwrap_or(false), None, target)
+        }
+        "cache" => {
+            if target.is_empty() {
+                return Err("mount type=cache needs target=PATH".into());
+            }
+            let sharing = match fields.remove("sharing").as_deref() {
+                None | Some("shared") => CacheSharing::Shared,
+                Some("private") => CacheSharing::Private,
+                Some("locked") => CacheSharing::Locked,
+                Some(other) => return Err(format!("invalid sharing {other:?}: use shared, private or locked")),
+            };
+            let id = id.unwrap_or_else(|| target.clone());
+            (MountKind::Cache { id, sharing }, ro.unwrap_or(false), owner_mode(0o755), target)
+        }
+        "tmpfs" => {
+            if target.is_empty() {
+                return Err("mount type=tmpfs needs target=PATH".into());
+            }
+            let size = fields
+                .remove("size")
+                .map(|s| parse_size(&s).ok_or_else(|| format!("invalid tmpfs size {s:?}")))
+                .transpose()?;
+            (MountKind::Tmpfs { size }, false, None, target)
+        }
+        "secret" => {
+            let id = id.or_else(|| (!target.is_empty()).then(|| target.rsplit('/').next().unwrap_or_default().to_string()));
+            let Some(id) = id.filter(|i| !i.is_empty()) else {
+                return Err("mount type=secret needs id=NAME or target=PATH".into());
+            };
+            let target = if target.is_empty() { format!("/run/secrets/{id}") } else { target };
+            (MountKind::Secret { id, required: required.unwrap_or(false) }, true, owner_mode(0o400), target)
+        }
+        "ssh" => {
+            let id = id.unwrap_or_else(|| "default".into());
+            let target = if target.is_empty() { "/run/buildkit/ssh_agent.0".into() } else { target };
+            (MountKind::Ssh { id, required: required.unwrap_or(false) }, true, owner_mode(0o600), target)
+        }
+        other => return Err(format!("unsupported mount type {other:?}: use bind, cache, tmpfs, secret or ssh")),
+    };
+    if let Some(unknown) = fields.keys().next().or(flags.iter().find(|f| !matches!(f.as_str(), "rw" | "readwrite" | "ro" | "readonly" | "required"))) {
+        return Err(format!("unexpected key {unknown:?} in mount"));
+    }
+    Ok(ParsedMount { kind, target, source, from, readonly, owner_mode })
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let lower = text.to_lowercase();
+    let digits_end = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let number: u64 = lower[..digits_end].parse().ok()?;
+    let scale = match lower[digits_end..].trim_end_matches(['b', 'i']) {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_clean_like_go() {
+        assert_eq!(clean_path("/a/./b/../c//d/"), "/a/c/d");
+        assert_eq!(clean_path("/../.."), "/");
+        assert_eq!(join_path("/app", "src"), "/app/src");
+        assert_eq!(join_path("/app", "/abs"), "/abs");
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_ports("80"), Ok(vec!["80/tcp".to_string()]));
+        assert_eq!(parse_ports("53/UDP"), Ok(vec!["53/udp".to_string()]));
+        assert_eq!(parse_ports("8000-8001").map(|p| p.len()), Ok(2));
+        assert!(parse_ports("http").is_err());
+        assert!(parse_ports("80/xyz").is_err());
+        assert!(parse_ports("9-1").is_err());
+    }
+
+    #[test]
+    fn mounts() {
+        let cache = parse_mount("type=cache,target=/root/.cache,sharing=locked").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(cache.kind, MountKind::Cache { ref id, sharing: CacheSharing::Locked } if id == "/root/.cache"));
+        let bind = parse_mount("target=/src,from=build,source=/out").unwrap_or_else(|e| panic!("{e}"));
+        assert!(bind.readonly && bind.from.as_deref() == Some("build") && bind.source == "/out");
+        let secret = parse_mount("type=secret,id=npmrc").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(secret.target, "/run/secrets/npmrc");
+        assert!(parse_mount("type=cache").is_err());
+        assert!(parse_mount("type=nfs,target=/x").is_err());
+        assert!(parse_mount("type=bind,target=/x,bogus=1").is_err());
+        assert_eq!(parse_size("64m"), Some(64 << 20));
+    }
+
+    #[test]
+    fn chmod_forms() {
+        assert!(validate_chmod("0755").is_ok());
+        assert!(validate_chmod("u+x,go-w").is_ok());
+        assert!(validate_chmod("999").is_err());
+        assert!(validate_chmod("").is_err());
+    }
+}
