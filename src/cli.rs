@@ -2,7 +2,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "kiln", version, about = "Build container images from Dockerfiles — no daemon, BuildKit semantics")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build container images from Dockerfiles — no daemon, BuildKit semantics"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,

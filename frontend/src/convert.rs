@@ -202,11 +202,19 @@ impl StageState {
     }
 
     fn workdir(&self) -> String {
-        if self.image.config.working_dir.is_empty() { "/".into() } else { self.image.config.working_dir.clone() }
+        if self.image.config.working_dir.is_empty() {
+            "/".into()
+        } else {
+            self.image.config.working_dir.clone()
+        }
     }
 
     fn shell(&self) -> Vec<String> {
-        self.image.config.shell.clone().unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+        self.image
+            .config
+            .shell
+            .clone()
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
     }
 
     fn next_description(&mut self, text: &str) -> String {
@@ -215,7 +223,11 @@ impl StageState {
     }
 
     fn history(&mut self, created_by: String, empty_layer: bool) {
-        self.image.history.push(History { created_by, comment: "buildkit.dockerfile.v0".into(), empty_layer });
+        self.image.history.push(History {
+            created_by,
+            comment: "buildkit.dockerfile.v0".into(),
+            empty_layer,
+        });
     }
 }
 
@@ -231,7 +243,11 @@ fn platform_args(prefix: &str, platform: &Platform) -> [(String, String); 4] {
 impl<'a> Converter<'a> {
     fn build_arg(&self, name: &str) -> Option<&'a str> {
         let opts: &'a ConvertOptions = self.opts;
-        opts.build_args.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        opts.build_args
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn automatic_args(&self) -> Vec<(String, String)> {
@@ -280,7 +296,9 @@ impl<'a> Converter<'a> {
     /// A stage by `AS` name (case-insensitive) among the first `before` stages.
     fn stage_by_name(&self, name: &str, before: usize) -> Option<usize> {
         let lower = name.to_lowercase();
-        self.stages[..before.min(self.stages.len())].iter().position(|s| s.name.as_deref() == Some(lower.as_str()))
+        self.stages[..before.min(self.stages.len())]
+            .iter()
+            .position(|s| s.name.as_deref() == Some(lower.as_str()))
     }
 
     /// A `--from`/`from=` reference: a stage name or index (any stage; cycles are caught), else `None`.
@@ -342,17 +360,30 @@ impl<'a> Converter<'a> {
         Ok(value)
     }
 
-    fn add(&mut self, op: Op, inputs: Vec<Input>, platform: &Platform, st: &StageState, description: String) -> Input {
+    fn add(
+        &mut self,
+        op: Op,
+        inputs: Vec<Input>,
+        platform: &Platform,
+        st: &StageState,
+        description: String,
+    ) -> Input {
         let stage_name = self.stages[st.index].name.clone();
         let ignore_cache = self.opts.no_cache
-            || stage_name.as_deref().is_some_and(|n| self.opts.no_cache_filter.iter().any(|f| f.eq_ignore_ascii_case(n)));
+            || stage_name.as_deref().is_some_and(|n| {
+                self.opts
+                    .no_cache_filter
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(n))
+            });
         let meta = Meta {
             description,
             stage: Some(st.name.clone()),
             lines: None,
             ignore_cache,
         };
-        self.definition.add(Vertex::new(op, inputs, Some(platform.clone()), meta))
+        self.definition
+            .add(Vertex::new(op, inputs, Some(platform.clone()), meta))
     }
 
     fn add_located(
@@ -365,21 +396,36 @@ impl<'a> Converter<'a> {
     ) -> Input {
         let platform = st.platform.clone();
         let input = self.add(op, inputs, &platform, st, description);
-        if let Some(v) = self.definition.vertices.iter_mut().find(|v| v.digest == input.vertex) {
-            v.meta.lines.get_or_insert((location.start_line, location.end_line));
+        if let Some(v) = self
+            .definition
+            .vertices
+            .iter_mut()
+            .find(|v| v.digest == input.vertex)
+        {
+            v.meta
+                .lines
+                .get_or_insert((location.start_line, location.end_line));
         }
         input
     }
 
     fn source(&mut self, source: Source, platform: Option<&Platform>, description: String) -> Input {
-        let meta = Meta { description, ..Meta::default() };
-        self.definition.add(Vertex::new(Op::Source(source), vec![], platform.cloned(), meta))
+        let meta = Meta {
+            description,
+            ..Meta::default()
+        };
+        self.definition
+            .add(Vertex::new(Op::Source(source), vec![], platform.cloned(), meta))
     }
 
     fn context_source(&mut self) -> Input {
         let exclude = self.opts.ignore_patterns.clone();
         self.source(
-            Source::Local { name: CONTEXT_NAME.into(), include: vec![], exclude },
+            Source::Local {
+                name: CONTEXT_NAME.into(),
+                include: vec![],
+                exclude,
+            },
             None,
             "[internal] load build context".into(),
         )
@@ -387,11 +433,17 @@ impl<'a> Converter<'a> {
 
     /// The filesystem and config a named context provides, if `name` is one.
     fn named_context(&mut self, name: &str, platform: &Platform) -> Result<Option<StageResult>, String> {
-        let Some(context) = self.opts.named_contexts.get(name).cloned() else { return Ok(None) };
+        let Some(context) = self.opts.named_contexts.get(name).cloned() else {
+            return Ok(None);
+        };
         let (state, image) = match context {
             NamedContext::Local => {
                 let input = self.source(
-                    Source::Local { name: format!("{CONTEXT_NAME}:{name}"), include: vec![], exclude: vec![] },
+                    Source::Local {
+                        name: format!("{CONTEXT_NAME}:{name}"),
+                        include: vec![],
+                        exclude: vec![],
+                    },
                     None,
                     format!("[context {name}] load from client"),
                 );
@@ -400,7 +452,9 @@ impl<'a> Converter<'a> {
             NamedContext::Image(reference) => {
                 let image = self.resolve_image(&reference, platform)?;
                 let input = self.source(
-                    Source::Image { reference: reference.clone() },
+                    Source::Image {
+                        reference: reference.clone(),
+                    },
                     Some(platform),
                     format!("[context {name}] {reference}"),
                 );
@@ -408,14 +462,21 @@ impl<'a> Converter<'a> {
             }
             NamedContext::OciLayout { path, reference } => {
                 let input = self.source(
-                    Source::OciLayout { path: path.clone(), reference: reference.clone() },
+                    Source::OciLayout {
+                        path: path.clone(),
+                        reference: reference.clone(),
+                    },
                     Some(platform),
                     format!("[context {name}] oci-layout://{path}:{reference}"),
                 );
                 (Some(input), ImageInfo::default())
             }
         };
-        Ok(Some(StageResult { state, image, platform: platform.clone() }))
+        Ok(Some(StageResult {
+            state,
+            image,
+            platform: platform.clone(),
+        }))
     }
 
     fn resolve_image(&self, reference: &str, platform: &Platform) -> Result<ImageInfo, String> {
@@ -434,7 +495,10 @@ impl<'a> Converter<'a> {
         if self.in_progress[index] {
             let at = used_from.unwrap_or(&stage.location);
             return Err(at
-                .error(format!("circular dependency detected on stage: {}", stage_label(stage, index)))
+                .error(format!(
+                    "circular dependency detected on stage: {}",
+                    stage_label(stage, index)
+                ))
                 .hint("a stage cannot use itself, directly or through other stages"));
         }
         self.in_progress[index] = true;
@@ -447,7 +511,9 @@ impl<'a> Converter<'a> {
     /// A finished stage's result, converting it first if needed.
     fn stage_result(&mut self, index: usize, location: &Location) -> Result<StageResult, Diagnostic> {
         self.solve_stage(index, Some(location))?;
-        self.results[index].clone().ok_or_else(|| location.error("stage produced no result"))
+        self.results[index]
+            .clone()
+            .ok_or_else(|| location.error("stage produced no result"))
     }
 
     fn convert_stage(&mut self, index: usize) -> Result<StageResult, Diagnostic> {
@@ -464,13 +530,21 @@ impl<'a> Converter<'a> {
         let base = self.expand_from_line(&stage.base.clone(), &location)?;
         if base.is_empty() {
             return Err(location
-                .error_at(&stage.base, format!("base name ({}) should not be blank", stage.base))
+                .error_at(
+                    &stage.base,
+                    format!("base name ({}) should not be blank", stage.base),
+                )
                 .hint("set the ARG it uses, e.g. with --build-arg"));
         }
         let steps = 1 + stage
             .instructions
             .iter()
-            .filter(|i| matches!(i.command, Command::Run(_) | Command::Copy(_) | Command::Add(_) | Command::Workdir(_)))
+            .filter(|i| {
+                matches!(
+                    i.command,
+                    Command::Run(_) | Command::Copy(_) | Command::Add(_) | Command::Workdir(_)
+                )
+            })
             .count();
         let mut st = StageState {
             index,
@@ -478,26 +552,44 @@ impl<'a> Converter<'a> {
             state: None,
             image: ImageInfo::default(),
             platform: platform.clone(),
-            scope: Scope { args: Vec::new(), declared_args: Vec::new() },
+            scope: Scope {
+                args: Vec::new(),
+                declared_args: Vec::new(),
+            },
             cmd_set: false,
             step: 0,
             steps,
         };
         let from_description = st.next_description(&format!("FROM {base}"));
-        let inherited = if let Some(result) =
-            self.named_context(&base, &platform).map_err(|e| location.error_at(&stage.base, e))?
+        let inherited = if let Some(result) = self
+            .named_context(&base, &platform)
+            .map_err(|e| location.error_at(&stage.base, e))?
         {
             result
         } else if let Some(parent) = self.stage_by_name(&base, index) {
             self.stage_result(parent, &location)?
         } else if base.eq_ignore_ascii_case("scratch") {
-            StageResult { state: None, image: ImageInfo::default(), platform: platform.clone() }
+            StageResult {
+                state: None,
+                image: ImageInfo::default(),
+                platform: platform.clone(),
+            }
         } else {
             let image = self
                 .resolve_image(&base, &platform)
                 .map_err(|e| location.error_at(&stage.base, format!("failed to resolve {base}: {e}")))?;
-            let state = self.source(Source::Image { reference: base.clone() }, Some(&platform), from_description);
-            StageResult { state: Some(state), image, platform: platform.clone() }
+            let state = self.source(
+                Source::Image {
+                    reference: base.clone(),
+                },
+                Some(&platform),
+                from_description,
+            );
+            StageResult {
+                state: Some(state),
+                image,
+                platform: platform.clone(),
+            }
         };
         st.state = inherited.state;
         st.image = inherited.image;
@@ -512,7 +604,11 @@ impl<'a> Converter<'a> {
         for instruction in &stage.instructions {
             self.dispatch(&mut st, instruction)?;
         }
-        Ok(StageResult { state: st.state, image: st.image, platform })
+        Ok(StageResult {
+            state: st.state,
+            image: st.image,
+            platform,
+        })
     }
 
     fn dispatch(&mut self, st: &mut StageState, ins: &Instruction) -> Result<(), Diagnostic> {
@@ -553,8 +649,16 @@ impl<'a> Converter<'a> {
                 st.image.config.working_dir = dir.clone();
                 let description = st.next_description(&format!("WORKDIR {dir}"));
                 let owner = owner_of(&st.image.config.user);
-                let action = FileAction::Mkdir { path: dir.clone(), mode: 0o755, make_parents: true, owner };
-                let op = Op::File(FileOp { has_base: st.state.is_some(), actions: vec![action] });
+                let action = FileAction::Mkdir {
+                    path: dir.clone(),
+                    mode: 0o755,
+                    make_parents: true,
+                    owner,
+                };
+                let op = Op::File(FileOp {
+                    has_base: st.state.is_some(),
+                    actions: vec![action],
+                });
                 let inputs: Vec<Input> = st.state.into_iter().collect();
                 st.state = Some(self.add_located(op, inputs, st, description, loc));
                 st.history(format!("WORKDIR {dir}"), false);
@@ -619,8 +723,18 @@ impl<'a> Converter<'a> {
             }
             Command::Healthcheck(check) => {
                 let config = match check {
-                    Healthcheck::None => HealthConfig { test: vec!["NONE".into()], ..HealthConfig::default() },
-                    Healthcheck::Cmd { command, interval, timeout, start_period, start_interval, retries } => {
+                    Healthcheck::None => HealthConfig {
+                        test: vec!["NONE".into()],
+                        ..HealthConfig::default()
+                    },
+                    Healthcheck::Cmd {
+                        command,
+                        interval,
+                        timeout,
+                        start_period,
+                        start_interval,
+                        retries,
+                    } => {
                         let test = match command {
                             CommandLine::Shell(line) => vec!["CMD-SHELL".into(), line.clone()],
                             CommandLine::Exec(args) => {
@@ -630,7 +744,10 @@ impl<'a> Converter<'a> {
                             }
                         };
                         let duration = |v: &Option<String>| {
-                            v.as_deref().map(instructions::parse_duration).transpose().map(Option::unwrap_or_default)
+                            v.as_deref()
+                                .map(instructions::parse_duration)
+                                .transpose()
+                                .map(Option::unwrap_or_default)
                         };
                         HealthConfig {
                             test,
@@ -652,7 +769,12 @@ impl<'a> Converter<'a> {
         Ok(())
     }
 
-    fn dispatch_arg(&mut self, st: &mut StageState, decls: &[ArgDecl], loc: &Location) -> Result<(), Diagnostic> {
+    fn dispatch_arg(
+        &mut self,
+        st: &mut StageState,
+        decls: &[ArgDecl],
+        loc: &Location,
+    ) -> Result<(), Diagnostic> {
         let mut text = Vec::new();
         for decl in decls {
             let value = if let Some(v) = self.build_arg(&decl.name) {
@@ -731,10 +853,19 @@ impl<'a> Converter<'a> {
             && is_lone_heredoc(cmd)
             && heredoc.content.starts_with("#!")
         {
-            let data = if heredoc.chomp { chomp_heredoc(&heredoc.content) } else { heredoc.content.clone() };
+            let data = if heredoc.chomp {
+                chomp_heredoc(&heredoc.content)
+            } else {
+                heredoc.content.clone()
+            };
             let script = FileOp {
                 has_base: false,
-                actions: vec![FileAction::Mkfile { path: format!("/{}", heredoc.name), mode: 0o755, data, owner: None }],
+                actions: vec![FileAction::Mkfile {
+                    path: format!("/{}", heredoc.name),
+                    mode: 0o755,
+                    data,
+                    owner: None,
+                }],
             };
             let description = format!("[{} internal] heredoc {}", st.name, heredoc.name);
             let script_input = self.add(Op::File(script), vec![], &st.platform.clone(), st, description);
@@ -765,7 +896,7 @@ impl<'a> Converter<'a> {
             let expanded = self.expand_in(st, spec, loc)?;
             let parsed = parse_mount(&expanded).map_err(|e| loc.error_at(spec, e).hint(MOUNT_HINT))?;
             let input = match parsed.from.as_deref() {
-                Some(from) => Some(self.from_input(st, from, loc)?),
+                Some(from) => Some(self.named_input(st, from, loc)?),
                 None if matches!(parsed.kind, MountKind::Bind) => Some(self.context_source()),
                 None => None,
             };
@@ -817,15 +948,21 @@ impl<'a> Converter<'a> {
         };
         let description = st.next_description(&format!("RUN {}", first_line(&shown)));
         st.state = Some(self.add_located(Op::Exec(exec), inputs, st, description, loc));
-        let prefix =
-            if history_args.is_empty() { String::new() } else { format!("|{} {} ", history_args.len(), history_args.join(" ")) };
+        let prefix = if history_args.is_empty() {
+            String::new()
+        } else {
+            format!("|{} {} ", history_args.len(), history_args.join(" "))
+        };
         st.history(format!("RUN {prefix}{} # buildkit", args.join(" ")), false);
         Ok(())
     }
 
     /// The filesystem a `--from=`/`from=` names: a named context, a stage, or an image.
-    fn from_input(&mut self, st: &StageState, from: &str, loc: &Location) -> Result<Input, Diagnostic> {
-        if let Some(result) = self.named_context(from, &st.platform).map_err(|e| loc.error_at(from, e))? {
+    fn named_input(&mut self, st: &StageState, from: &str, loc: &Location) -> Result<Input, Diagnostic> {
+        if let Some(result) = self
+            .named_context(from, &st.platform)
+            .map_err(|e| loc.error_at(from, e))?
+        {
             return self.state_or_scratch(result.state, st);
         }
         if let Some(index) = self.stage_ref(from) {
@@ -837,10 +974,22 @@ impl<'a> Converter<'a> {
         }
         if from.parse::<usize>().is_ok() {
             return Err(loc
-                .error_at(from, format!("invalid stage index {from}: the Dockerfile has {} stages", self.stages.len()))
+                .error_at(
+                    from,
+                    format!(
+                        "invalid stage index {from}: the Dockerfile has {} stages",
+                        self.stages.len()
+                    ),
+                )
                 .hint("stage indexes count FROM lines from 0"));
         }
-        Ok(self.source(Source::Image { reference: from.to_string() }, Some(&st.platform), format!("[{}] FROM {from}", st.name)))
+        Ok(self.source(
+            Source::Image {
+                reference: from.to_string(),
+            },
+            Some(&st.platform),
+            format!("[{}] FROM {from}", st.name),
+        ))
     }
 
     fn state_or_scratch(&mut self, state: Option<Input>, st: &StageState) -> Result<Input, Diagnostic> {
@@ -850,17 +999,27 @@ impl<'a> Converter<'a> {
         })
     }
 
-    fn dispatch_copy(&mut self, st: &mut StageState, args: &CopyArgs, loc: &Location, is_add: bool) -> Result<(), Diagnostic> {
+    fn dispatch_copy(
+        &mut self,
+        st: &mut StageState,
+        args: &CopyArgs,
+        loc: &Location,
+        is_add: bool,
+    ) -> Result<(), Diagnostic> {
         let keyword = if is_add { "ADD" } else { "COPY" };
         if is_add && args.from.is_some() {
-            return Err(loc.error("ADD does not support --from").hint("use COPY --from=STAGE"));
+            return Err(loc
+                .error("ADD does not support --from")
+                .hint("use COPY --from=STAGE"));
         }
         let dest_word = self.expand_in(st, &args.dest, loc)?;
         let dest = {
             let joined = join_path(&st.workdir(), &dest_word);
             let mut cleaned = clean_path(&joined);
             // A trailing slash (or `.`) says "into this directory", which the copy must keep knowing.
-            if (dest_word.ends_with('/') || dest_word == "." || dest_word.ends_with("/.")) && !cleaned.ends_with('/') {
+            if (dest_word.ends_with('/') || dest_word == "." || dest_word.ends_with("/."))
+                && !cleaned.ends_with('/')
+            {
                 cleaned.push('/');
             }
             cleaned
@@ -888,18 +1047,27 @@ impl<'a> Converter<'a> {
         let from_input = match &args.from {
             Some(raw) => {
                 let from = self.expand_in(st, raw, loc)?;
-                Some(self.from_input(st, &from, loc)?)
+                Some(self.named_input(st, &from, loc)?)
             }
             None => None,
         };
         let mut local_paths = Vec::new();
         for raw in &args.sources {
             if let Some(heredoc) = heredoc_for(raw, &args.heredocs) {
-                let data = if heredoc.expand { self.expand_heredoc(st, &heredoc.content, loc)? } else { heredoc.content.clone() };
+                let data = if heredoc.expand {
+                    self.expand_heredoc(st, &heredoc.content, loc)?
+                } else {
+                    heredoc.content.clone()
+                };
                 let data = if heredoc.chomp { chomp_heredoc(&data) } else { data };
                 let file = FileOp {
                     has_base: false,
-                    actions: vec![FileAction::Mkfile { path: format!("/{}", heredoc.name), mode: 0o644, data, owner: None }],
+                    actions: vec![FileAction::Mkfile {
+                        path: format!("/{}", heredoc.name),
+                        mode: 0o644,
+                        data,
+                        owner: None,
+                    }],
                 };
                 let description = format!("[{} internal] heredoc {}", st.name, heredoc.name);
                 let input = self.add(Op::File(file), vec![], &st.platform.clone(), st, description);
@@ -913,7 +1081,11 @@ impl<'a> Converter<'a> {
                     None => None,
                 };
                 let input = self.source(
-                    Source::Http { url: src.clone(), checksum, filename: None },
+                    Source::Http {
+                        url: src.clone(),
+                        checksum,
+                        filename: None,
+                    },
                     None,
                     format!("[{}] ADD {src}", st.name),
                 );
@@ -926,7 +1098,11 @@ impl<'a> Converter<'a> {
                     None => (src.clone(), None),
                 };
                 let input = self.source(
-                    Source::Git { remote, reference, keep_git_dir: args.keep_git_dir },
+                    Source::Git {
+                        remote,
+                        reference,
+                        keep_git_dir: args.keep_git_dir,
+                    },
                     None,
                     format!("[{}] ADD {src}", st.name),
                 );
@@ -944,7 +1120,9 @@ impl<'a> Converter<'a> {
             sources.insert(0, (input, local_paths, auto_extract));
         }
         if args.checksum.is_some() && !sources.iter().any(|(i, _, _)| self.is_http(i)) {
-            return Err(loc.error("--checksum can only be used with HTTP(S) sources").hint("remove --checksum"));
+            return Err(loc
+                .error("--checksum can only be used with HTTP(S) sources")
+                .hint("remove --checksum"));
         }
         let copy_count: usize = sources.iter().map(|(_, paths, _)| paths.len()).sum();
         if copy_count > 1 && !dest.ends_with('/') {
@@ -980,9 +1158,19 @@ impl<'a> Converter<'a> {
                 timestamp: None,
             }));
         }
-        let shown = format!("{keyword} {}", first_line(loc.original.split_once(char::is_whitespace).map_or("", |(_, r)| r.trim())));
+        let shown = format!(
+            "{keyword} {}",
+            first_line(
+                loc.original
+                    .split_once(char::is_whitespace)
+                    .map_or("", |(_, r)| r.trim())
+            )
+        );
         let description = st.next_description(&shown);
-        let op = Op::File(FileOp { has_base: base.is_some(), actions });
+        let op = Op::File(FileOp {
+            has_base: base.is_some(),
+            actions,
+        });
         let layer = self.add_located(op, inputs, st, description.clone(), loc);
         st.state = Some(match (args.link, st.state) {
             (true, Some(below)) => self.add_located(Op::Merge, vec![below, layer], st, description, loc),
@@ -993,18 +1181,28 @@ impl<'a> Converter<'a> {
     }
 
     fn is_http(&self, input: &Input) -> bool {
-        self.definition.get(&input.vertex).is_some_and(|v| matches!(v.op, Op::Source(Source::Http { .. })))
+        self.definition
+            .get(&input.vertex)
+            .is_some_and(|v| matches!(v.op, Op::Source(Source::Http { .. })))
     }
 
     /// Heredoc bodies of COPY expand variables line by line, as the words of the instruction do.
-    fn expand_heredoc(&mut self, st: &StageState, content: &str, loc: &Location) -> Result<String, Diagnostic> {
+    fn expand_heredoc(
+        &mut self,
+        st: &StageState,
+        content: &str,
+        loc: &Location,
+    ) -> Result<String, Diagnostic> {
         let vars = st.vars();
         let declared = st.scope.declared_args.clone();
         let mut out = String::with_capacity(content.len());
         for line in content.split_inclusive('\n') {
             let (body, newline) = line.strip_suffix('\n').map_or((line, ""), |b| (b, "\n"));
             // Quotes in a heredoc body are content, so escape them before expansion sees them.
-            let escaped = body.replace('\\', "\\\\").replace('"', "\\\"").replace('\'', "\\'");
+            let escaped = body
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\'', "\\'");
             out.push_str(&self.expand(&escaped, &vars, loc, Some(&declared))?);
             out.push_str(newline);
         }
@@ -1017,8 +1215,12 @@ fn stage_label(stage: &Stage, index: usize) -> String {
 }
 
 fn parse_trigger(trigger: &str, loc: &Location) -> Result<Instruction, Diagnostic> {
-    let df = parser::parse(trigger).map_err(|e| loc.error(format!("invalid ONBUILD trigger {trigger:?}: {}", e.message)))?;
-    let node = df.nodes.first().ok_or_else(|| loc.error(format!("empty ONBUILD trigger {trigger:?}")))?;
+    let df = parser::parse(trigger)
+        .map_err(|e| loc.error(format!("invalid ONBUILD trigger {trigger:?}: {}", e.message)))?;
+    let node = df
+        .nodes
+        .first()
+        .ok_or_else(|| loc.error(format!("empty ONBUILD trigger {trigger:?}")))?;
     instructions::parse_instruction(node)
         .map_err(|e| loc.error(format!("invalid ONBUILD trigger {trigger:?}: {}", e.message)))
 }
@@ -1029,7 +1231,10 @@ fn first_line(text: &str) -> &str {
 
 /// Go's `%q` of a string slice, as docker writes CMD and ENTRYPOINT into history.
 fn go_quote_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| serde_json::to_string(s).unwrap_or_default()).collect();
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| serde_json::to_string(s).unwrap_or_default())
+        .collect();
     format!("[{}]", quoted.join(" "))
 }
 
@@ -1051,7 +1256,11 @@ fn run_shell_script(cmd: &str, heredocs: &[Heredoc]) -> String {
     match heredocs {
         [] => cmd.to_string(),
         [only] if is_lone_heredoc(cmd) => {
-            if only.chomp { chomp_heredoc(&only.content) } else { only.content.clone() }
+            if only.chomp {
+                chomp_heredoc(&only.content)
+            } else {
+                only.content.clone()
+            }
         }
         _ => {
             let mut full = cmd.to_string();
@@ -1067,11 +1276,18 @@ fn run_shell_script(cmd: &str, heredocs: &[Heredoc]) -> String {
 
 /// `<<-` strips leading tabs from every line.
 fn chomp_heredoc(content: &str) -> String {
-    content.split_inclusive('\n').map(|line| line.trim_start_matches('\t')).collect()
+    content
+        .split_inclusive('\n')
+        .map(|line| line.trim_start_matches('\t'))
+        .collect()
 }
 
 fn join_path(workdir: &str, path: &str) -> String {
-    if path.starts_with('/') { path.to_string() } else { format!("{}/{}", workdir.trim_end_matches('/'), path) }
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{}/{}", workdir.trim_end_matches('/'), path)
+    }
 }
 
 /// Lexical cleaning like Go's `path.Clean` for absolute paths.
@@ -1102,13 +1318,20 @@ fn parse_owner(chown: &str) -> Result<Owner, String> {
         None => (chown, None),
     };
     if user.is_empty() {
-        return Err(format!("invalid --chown {chown:?}: the user is empty (write USER[:GROUP])"));
+        return Err(format!(
+            "invalid --chown {chown:?}: the user is empty (write USER[:GROUP])"
+        ));
     }
-    Ok(Owner { user: user.to_string(), group: group.filter(|g| !g.is_empty()) })
+    Ok(Owner {
+        user: user.to_string(),
+        group: group.filter(|g| !g.is_empty()),
+    })
 }
 
 fn validate_chmod(chmod: &str) -> Result<(), String> {
-    let octal = u32::from_str_radix(chmod, 8).ok().filter(|m| *m <= 0o7777 && !chmod.is_empty());
+    let octal = u32::from_str_radix(chmod, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777 && !chmod.is_empty());
     let symbolic = !chmod.is_empty()
         && chmod.split(',').all(|clause| {
             let ops = clause.trim_start_matches(['u', 'g', 'o', 'a']);
@@ -1119,22 +1342,29 @@ fn validate_chmod(chmod: &str) -> Result<(), String> {
     if octal.is_some() || symbolic {
         Ok(())
     } else {
-        Err(format!("invalid --chmod {chmod:?}: use an octal mode like 0755 or a symbolic one like u+x,go-w"))
+        Err(format!(
+            "invalid --chmod {chmod:?}: use an octal mode like 0755 or a symbolic one like u+x,go-w"
+        ))
     }
 }
 
 fn validate_signal(signal: &str) -> Result<(), String> {
     let name = signal.strip_prefix("SIG").unwrap_or(signal);
     let known = [
-        "ABRT", "ALRM", "BUS", "CHLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL", "PIPE", "PROF", "PWR",
-        "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2",
-        "VTALRM", "WINCH", "XCPU", "XFSZ",
+        "ABRT", "ALRM", "BUS", "CHLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL", "PIPE",
+        "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP", "TTIN", "TTOU",
+        "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
     ];
-    let realtime = name.strip_prefix("RTMIN").or_else(|| name.strip_prefix("RTMAX")).is_some();
+    let realtime = name
+        .strip_prefix("RTMIN")
+        .or_else(|| name.strip_prefix("RTMAX"))
+        .is_some();
     if known.contains(&name) || realtime || signal.parse::<u32>().is_ok_and(|n| (1..=64).contains(&n)) {
         Ok(())
     } else {
-        Err(format!("invalid signal {signal:?}: use a name like SIGTERM or a number"))
+        Err(format!(
+            "invalid signal {signal:?}: use a name like SIGTERM or a number"
+        ))
     }
 }
 
@@ -1149,7 +1379,10 @@ fn parse_ports(word: &str) -> Result<Vec<String>, String> {
         return Err(bad());
     }
     let (start, end) = match ports.split_once('-') {
-        Some((s, e)) => (s.parse::<u16>().map_err(|_| bad())?, e.parse::<u16>().map_err(|_| bad())?),
+        Some((s, e)) => (
+            s.parse::<u16>().map_err(|_| bad())?,
+            e.parse::<u16>().map_err(|_| bad())?,
+        ),
         None => {
             let p = ports.parse::<u16>().map_err(|_| bad())?;
             (p, p)
@@ -1163,18 +1396,22 @@ fn parse_ports(word: &str) -> Result<Vec<String>, String> {
 
 fn url_filename(url: &str) -> String {
     let path = url.split(['?', '#']).next().unwrap_or(url);
-    let name = path.rsplit('/').next().filter(|n| !n.is_empty() && !path.ends_with("//")).unwrap_or("index.html");
+    let name = path
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty() && !path.ends_with("//"))
+        .unwrap_or("index.html");
     format!("/{name}")
 }
 
 fn is_git_url(src: &str) -> bool {
     src.starts_with("git@")
         || src.starts_with("git://")
-        || ((src.starts_with("https://") || src.starts_with("http://")) && src.split('#').next().is_some_and(|s| s.ends_with(".git")))
+        || ((src.starts_with("https://") || src.starts_with("http://"))
+            && src.split('#').next().is_some_and(|s| s.ends_with(".git")))
 }
 
-const MOUNT_HINT: &str =
-    "write e.g. --mount=type=cache,target=/root/.cache or --mount=type=bind,from=STAGE,source=/src,target=/dst";
+const MOUNT_HINT: &str = "write e.g. --mount=type=cache,target=/root/.cache or --mount=type=bind,from=STAGE,source=/src,target=/dst";
 
 struct ParsedMount {
     kind: MountKind,
@@ -1203,10 +1440,16 @@ fn parse_mount(spec: &str) -> Result<ParsedMount, String> {
         .or_else(|| fields.remove("dst"))
         .or_else(|| fields.remove("destination"))
         .unwrap_or_default();
-    let source = fields.remove("source").or_else(|| fields.remove("src")).unwrap_or_default();
+    let source = fields
+        .remove("source")
+        .or_else(|| fields.remove("src"))
+        .unwrap_or_default();
     let from = fields.remove("from");
     let id = fields.remove("id");
-    let bool_field = |fields: &mut HashMap<String, String>, flags: &[String], name: &str| -> Result<Option<bool>, String> {
+    let bool_field = |fields: &mut HashMap<String, String>,
+                      flags: &[String],
+                      name: &str|
+     -> Result<Option<bool>, String> {
         if flags.iter().any(|f| f == name) {
             return Ok(Some(true));
         }
@@ -1214,23 +1457,27 @@ fn parse_mount(spec: &str) -> Result<ParsedMount, String> {
             None => Ok(None),
             Some("true") => Ok(Some(true)),
             Some("false") => Ok(Some(false)),
-            Some(other) => Err(format!("invalid value {other:?} for mount option {name}: use true or false")),
+            Some(other) => Err(format!(
+                "invalid value {other:?} for mount option {name}: use true or false"
+            )),
         }
     };
     let rw = bool_field(&mut fields, &flags, "rw")?.or(bool_field(&mut fields, &flags, "readwrite")?);
     let ro = bool_field(&mut fields, &flags, "ro")?.or(bool_field(&mut fields, &flags, "readonly")?);
     let required = bool_field(&mut fields, &flags, "required")?;
-    let number = |fields: &mut HashMap<String, String>, name: &str, radix: u32| -> Result<Option<u32>, String> {
-        fields
-            .remove(name)
-            .map(|v| u32::from_str_radix(&v, radix).map_err(|_| format!("invalid {name} {v:?} in mount")))
-            .transpose()
-    };
+    let number =
+        |fields: &mut HashMap<String, String>, name: &str, radix: u32| -> Result<Option<u32>, String> {
+            fields
+                .remove(name)
+                .map(|v| u32::from_str_radix(&v, radix).map_err(|_| format!("invalid {name} {v:?} in mount")))
+                .transpose()
+        };
     let uid = number(&mut fields, "uid", 10)?;
     let gid = number(&mut fields, "gid", 10)?;
     let mode = number(&mut fields, "mode", 8)?;
     let owner_mode = |default_mode: u32| {
-        (uid.is_some() || gid.is_some() || mode.is_some()).then(|| (uid.unwrap_or(0), gid.unwrap_or(0), mode.unwrap_or(default_mode)))
+        (uid.is_some() || gid.is_some() || mode.is_some())
+            .then(|| (uid.unwrap_or(0), gid.unwrap_or(0), mode.unwrap_or(default_mode)))
     };
     let (kind, readonly, owner_mode, target) = match kind_name.as_str() {
         "bind" => {
@@ -1247,10 +1494,19 @@ fn parse_mount(spec: &str) -> Result<ParsedMount, String> {
                 None | Some("shared") => CacheSharing::Shared,
                 Some("private") => CacheSharing::Private,
                 Some("locked") => CacheSharing::Locked,
-                Some(other) => return Err(format!("invalid sharing {other:?}: use shared, private or locked")),
+                Some(other) => {
+                    return Err(format!(
+                        "invalid sharing {other:?}: use shared, private or locked"
+                    ));
+                }
             };
             let id = id.unwrap_or_else(|| target.clone());
-            (MountKind::Cache { id, sharing }, ro.unwrap_or(false), owner_mode(0o755), target)
+            (
+                MountKind::Cache { id, sharing },
+                ro.unwrap_or(false),
+                owner_mode(0o755),
+                target,
+            )
         }
         "tmpfs" => {
             if target.is_empty() {
@@ -1263,24 +1519,64 @@ fn parse_mount(spec: &str) -> Result<ParsedMount, String> {
             (MountKind::Tmpfs { size }, false, None, target)
         }
         "secret" => {
-            let id = id.or_else(|| (!target.is_empty()).then(|| target.rsplit('/').next().unwrap_or_default().to_string()));
+            let id = id.or_else(|| {
+                (!target.is_empty()).then(|| target.rsplit('/').next().unwrap_or_default().to_string())
+            });
             let Some(id) = id.filter(|i| !i.is_empty()) else {
                 return Err("mount type=secret needs id=NAME or target=PATH".into());
             };
-            let target = if target.is_empty() { format!("/run/secrets/{id}") } else { target };
-            (MountKind::Secret { id, required: required.unwrap_or(false) }, true, owner_mode(0o400), target)
+            let target = if target.is_empty() {
+                format!("/run/secrets/{id}")
+            } else {
+                target
+            };
+            (
+                MountKind::Secret {
+                    id,
+                    required: required.unwrap_or(false),
+                },
+                true,
+                owner_mode(0o400),
+                target,
+            )
         }
         "ssh" => {
             let id = id.unwrap_or_else(|| "default".into());
-            let target = if target.is_empty() { "/run/buildkit/ssh_agent.0".into() } else { target };
-            (MountKind::Ssh { id, required: required.unwrap_or(false) }, true, owner_mode(0o600), target)
+            let target = if target.is_empty() {
+                "/run/buildkit/ssh_agent.0".into()
+            } else {
+                target
+            };
+            (
+                MountKind::Ssh {
+                    id,
+                    required: required.unwrap_or(false),
+                },
+                true,
+                owner_mode(0o600),
+                target,
+            )
         }
-        other => return Err(format!("unsupported mount type {other:?}: use bind, cache, tmpfs, secret or ssh")),
+        other => {
+            return Err(format!(
+                "unsupported mount type {other:?}: use bind, cache, tmpfs, secret or ssh"
+            ));
+        }
     };
-    if let Some(unknown) = fields.keys().next().or(flags.iter().find(|f| !matches!(f.as_str(), "rw" | "readwrite" | "ro" | "readonly" | "required"))) {
+    if let Some(unknown) = fields.keys().next().or(flags
+        .iter()
+        .find(|f| !matches!(f.as_str(), "rw" | "readwrite" | "ro" | "readonly" | "required")))
+    {
         return Err(format!("unexpected key {unknown:?} in mount"));
     }
-    Ok(ParsedMount { kind, target, source, from, readonly, owner_mode })
+    Ok(ParsedMount {
+        kind,
+        target,
+        source,
+        from,
+        readonly,
+        owner_mode,
+    })
 }
 
 fn parse_size(text: &str) -> Option<u64> {
@@ -1321,8 +1617,11 @@ mod tests {
 
     #[test]
     fn mounts() {
-        let cache = parse_mount("type=cache,target=/root/.cache,sharing=locked").unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(cache.kind, MountKind::Cache { ref id, sharing: CacheSharing::Locked } if id == "/root/.cache"));
+        let cache =
+            parse_mount("type=cache,target=/root/.cache,sharing=locked").unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(cache.kind, MountKind::Cache { ref id, sharing: CacheSharing::Locked } if id == "/root/.cache")
+        );
         let bind = parse_mount("target=/src,from=build,source=/out").unwrap_or_else(|e| panic!("{e}"));
         assert!(bind.readonly && bind.from.as_deref() == Some("build") && bind.source == "/out");
         let secret = parse_mount("type=secret,id=npmrc").unwrap_or_else(|e| panic!("{e}"));

@@ -61,13 +61,19 @@ impl ImageConfig {
     }
 
     pub fn get_env(&self, key: &str) -> Option<&str> {
-        self.env.iter().find_map(|entry| entry.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+        self.env
+            .iter()
+            .find_map(|entry| entry.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
     }
 
     /// Sets `key`, replacing an earlier definition in place as docker does.
     pub fn set_env(&mut self, key: &str, value: &str) {
         let entry = format!("{key}={value}");
-        match self.env.iter_mut().find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key) {
+        match self
+            .env
+            .iter_mut()
+            .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+        {
             Some(existing) => *existing = entry,
             None => self.env.push(entry),
         }

@@ -214,7 +214,10 @@ impl<'a> Flags<'a> {
             match (spec.kind, value) {
                 (FlagKind::Bool, Some(v)) if !matches!(v, "true" | "false") => {
                     return Err(location
-                        .error_at(raw, format!("expecting boolean value for flag --{name}, not: {v}"))
+                        .error_at(
+                            raw,
+                            format!("expecting boolean value for flag --{name}, not: {v}"),
+                        )
                         .hint(format!("use --{name} or --{name}=true|false")));
                 }
                 (FlagKind::Value | FlagKind::List, None) => {
@@ -230,19 +233,31 @@ impl<'a> Flags<'a> {
     }
 
     fn value(&self, name: &str) -> Option<String> {
-        self.given.iter().find(|(n, _)| *n == name).and_then(|(_, v)| v.map(str::to_string))
+        self.given
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.map(str::to_string))
     }
 
     fn list(&self, name: &str) -> Vec<String> {
-        self.given.iter().filter(|(n, _)| *n == name).filter_map(|(_, v)| v.map(str::to_string)).collect()
+        self.given
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .filter_map(|(_, v)| v.map(str::to_string))
+            .collect()
     }
 
     fn bool(&self, name: &str) -> bool {
-        self.given.iter().any(|(n, v)| *n == name && v.is_none_or(|v| v == "true"))
+        self.given
+            .iter()
+            .any(|(n, v)| *n == name && v.is_none_or(|v| v == "true"))
     }
 
     fn opt_bool(&self, name: &str) -> Option<bool> {
-        self.given.iter().find(|(n, _)| *n == name).map(|(_, v)| v.is_none_or(|v| v == "true"))
+        self.given
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.is_none_or(|v| v == "true"))
     }
 }
 
@@ -265,7 +280,11 @@ const ADD_FLAGS: &[FlagSpec] = &[
     flag("exclude", List),
     flag("unpack", Bool),
 ];
-const RUN_FLAGS: &[FlagSpec] = &[flag("mount", List), flag("network", Value), flag("security", Value)];
+const RUN_FLAGS: &[FlagSpec] = &[
+    flag("mount", List),
+    flag("network", Value),
+    flag("security", Value),
+];
 const HEALTHCHECK_FLAGS: &[FlagSpec] = &[
     flag("interval", Value),
     flag("timeout", Value),
@@ -314,7 +333,10 @@ pub fn parse_stages(nodes: &[Node]) -> Result<Stages, Diagnostic> {
                 _ => {
                     return Err(instruction
                         .location
-                        .error(format!("{} must come after a FROM instruction", node.keyword.to_uppercase()))
+                        .error(format!(
+                            "{} must come after a FROM instruction",
+                            node.keyword.to_uppercase()
+                        ))
                         .hint("only ARG may come before the first FROM; start the stage with `FROM image`"));
                 }
             },
@@ -322,8 +344,10 @@ pub fn parse_stages(nodes: &[Node]) -> Result<Stages, Diagnostic> {
     }
     if stages.is_empty() {
         let line = nodes.last().map_or(1, |n| n.end_line);
-        return Err(Diagnostic::new(line, 1, "", "the Dockerfile has no FROM instruction")
-            .hint("every build needs at least one stage: add `FROM image` (or `FROM scratch`)"));
+        return Err(
+            Diagnostic::new(line, 1, "", "the Dockerfile has no FROM instruction")
+                .hint("every build needs at least one stage: add `FROM image` (or `FROM scratch`)"),
+        );
     }
     Ok(Stages { global_args, stages })
 }
@@ -372,10 +396,16 @@ pub fn parse_instruction(node: &Node) -> Result<Instruction, Diagnostic> {
             let min_args = if node.heredocs.is_empty() { 2 } else { 1 };
             if node.args.len() < min_args {
                 return Err(location
-                    .error(format!("{keyword} requires at least two arguments, but only one was provided"))
+                    .error(format!(
+                        "{keyword} requires at least two arguments, but only one was provided"
+                    ))
                     .hint(format!("write `{keyword} SOURCE... DEST`")));
             }
-            let (dest, sources) = node.args.split_last().map(|(d, s)| (d.clone(), s.to_vec())).unwrap_or_default();
+            let (dest, sources) = node
+                .args
+                .split_last()
+                .map(|(d, s)| (d.clone(), s.to_vec()))
+                .unwrap_or_default();
             let args = CopyArgs {
                 sources,
                 dest,
@@ -390,7 +420,11 @@ pub fn parse_instruction(node: &Node) -> Result<Instruction, Diagnostic> {
                 unpack: flags.opt_bool("unpack"),
                 heredocs: node.heredocs.clone(),
             };
-            if is_add { Command::Add(args) } else { Command::Copy(args) }
+            if is_add {
+                Command::Add(args)
+            } else {
+                Command::Copy(args)
+            }
         }
         "env" | "label" => {
             no_flags(node)?;
@@ -402,7 +436,10 @@ pub fn parse_instruction(node: &Node) -> Result<Instruction, Diagnostic> {
                 .args
                 .chunks(3)
                 .map(|triple| match triple {
-                    [key, value, _sep] => Ok(KeyValue { key: key.clone(), value: value.clone() }),
+                    [key, value, _sep] => Ok(KeyValue {
+                        key: key.clone(),
+                        value: value.clone(),
+                    }),
                     _ => Err(location.error(format!("{keyword} names can not be blank"))),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -411,12 +448,18 @@ pub fn parse_instruction(node: &Node) -> Result<Instruction, Diagnostic> {
                     .error(format!("{keyword} names can not be blank"))
                     .hint(format!("write `{keyword} name=value`")));
             }
-            if node.keyword == "env" { Command::Env(pairs) } else { Command::Label(pairs) }
+            if node.keyword == "env" {
+                Command::Env(pairs)
+            } else {
+                Command::Label(pairs)
+            }
         }
         "arg" => {
             no_flags(node)?;
             if node.args.is_empty() {
-                return Err(location.error("ARG requires at least one argument").hint("write `ARG name[=default]`"));
+                return Err(location
+                    .error("ARG requires at least one argument")
+                    .hint("write `ARG name[=default]`"));
             }
             let decls = node
                 .args
@@ -429,14 +472,22 @@ pub fn parse_instruction(node: &Node) -> Result<Instruction, Diagnostic> {
                     if name.is_empty() {
                         return Err(location.error_at(word, "ARG names can not be blank"));
                     }
-                    Ok(ArgDecl { name: name.to_string(), default })
+                    Ok(ArgDecl {
+                        name: name.to_string(),
+                        default,
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Command::Arg(decls)
         }
         "expose" => {
             no_flags(node)?;
-            Command::Expose(require_args(node, &location, "EXPOSE", "EXPOSE PORT[/PROTOCOL]...")?)
+            Command::Expose(require_args(
+                node,
+                &location,
+                "EXPOSE",
+                "EXPOSE PORT[/PROTOCOL]...",
+            )?)
         }
         "volume" => {
             no_flags(node)?;
@@ -460,7 +511,12 @@ pub fn parse_instruction(node: &Node) -> Result<Instruction, Diagnostic> {
         }
         "maintainer" => {
             no_flags(node)?;
-            Command::Maintainer(single_arg(node, &location, "MAINTAINER", "LABEL maintainer=NAME")?)
+            Command::Maintainer(single_arg(
+                node,
+                &location,
+                "MAINTAINER",
+                "LABEL maintainer=NAME",
+            )?)
         }
         "shell" => {
             no_flags(node)?;
@@ -490,7 +546,11 @@ pub fn parse_instruction(node: &Node) -> Result<Instruction, Diagnostic> {
             return Err(location.error(format!("unknown instruction: {}", other.to_uppercase())));
         }
     };
-    Ok(Instruction { command, location, keyword: node.keyword_raw.clone() })
+    Ok(Instruction {
+        command,
+        location,
+        keyword: node.keyword_raw.clone(),
+    })
 }
 
 fn command_line(node: &Node, location: &Location, keyword: &str) -> Result<CommandLine, Diagnostic> {
@@ -502,11 +562,18 @@ fn command_line(node: &Node, location: &Location, keyword: &str) -> Result<Comma
         [] if keyword != "RUN" => Ok(CommandLine::Exec(Vec::new())),
         _ => Err(location
             .error(format!("{keyword} requires at least one argument"))
-            .hint(format!("write `{keyword} command` or `{keyword} [\"executable\", \"arg\"]`"))),
+            .hint(format!(
+                "write `{keyword} command` or `{keyword} [\"executable\", \"arg\"]`"
+            ))),
     }
 }
 
-fn require_args(node: &Node, location: &Location, keyword: &str, usage: &str) -> Result<Vec<String>, Diagnostic> {
+fn require_args(
+    node: &Node,
+    location: &Location,
+    keyword: &str,
+    usage: &str,
+) -> Result<Vec<String>, Diagnostic> {
     if node.args.is_empty() {
         return Err(location
             .error(format!("{keyword} requires at least one argument"))
@@ -522,7 +589,10 @@ fn single_arg(node: &Node, location: &Location, keyword: &str, usage: &str) -> R
             .error(format!("{keyword} requires exactly one argument"))
             .hint(format!("write `{usage}`"))),
         _ => Err(location
-            .error(format!("{keyword} requires exactly one argument, got {}", node.args.len()))
+            .error(format!(
+                "{keyword} requires exactly one argument, got {}",
+                node.args.len()
+            ))
             .hint(format!("write `{usage}`; quote a value that contains spaces"))),
     }
 }
@@ -598,13 +668,17 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         return Err("empty duration".into());
     }
     while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if number_len == 0 {
             return Err("expected a number, e.g. 30s or 1m30s".into());
         }
         let number: f64 = rest[..number_len].parse().map_err(|_| "bad number".to_string())?;
         rest = &rest[number_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1.0,
             "us" | "µs" => 1e3,

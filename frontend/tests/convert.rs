@@ -59,7 +59,10 @@ fn only_stages_the_target_needs_are_in_the_graph() {
     assert_eq!(scripts, ["echo deps", "echo final"]);
     assert_eq!(images(&c), ["busybox"]);
 
-    let opts = ConvertOptions { target: Some("other".into()), ..ConvertOptions::default() };
+    let opts = ConvertOptions {
+        target: Some("other".into()),
+        ..ConvertOptions::default()
+    };
     let c = try_convert(df, &opts).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(images(&c), ["nosuchimage:404"]);
     assert_eq!(execs(&c).len(), 1);
@@ -80,23 +83,35 @@ fn run_mount_from_is_a_dependency() {
 
 #[test]
 fn stage_references_by_index_and_case_insensitive_name() {
-    let c = converted("FROM busybox AS Builder\nRUN echo b\nFROM busybox\nCOPY --from=0 /a /a\nCOPY --from=BUILDER /b /b\n");
+    let c = converted(
+        "FROM busybox AS Builder\nRUN echo b\nFROM busybox\nCOPY --from=0 /a /a\nCOPY --from=BUILDER /b /b\n",
+    );
     assert_eq!(execs(&c).len(), 1);
 }
 
 #[test]
 fn unknown_target_and_cycles_are_errors_with_locations() {
-    let opts = ConvertOptions { target: Some("nope".into()), ..ConvertOptions::default() };
+    let opts = ConvertOptions {
+        target: Some("nope".into()),
+        ..ConvertOptions::default()
+    };
     let err = try_convert("FROM busybox AS a\n", &opts).unwrap_err();
     assert!(err.contains("target stage \"nope\" could not be found"), "{err}");
     assert!(err.contains("the stages are: a"), "{err}");
 
-    let err = try_convert("FROM busybox AS a\nCOPY --from=b /x /x\nFROM busybox AS b\nCOPY --from=a /y /y\n", &ConvertOptions::default())
-        .unwrap_err();
+    let err = try_convert(
+        "FROM busybox AS a\nCOPY --from=b /x /x\nFROM busybox AS b\nCOPY --from=a /y /y\n",
+        &ConvertOptions::default(),
+    )
+    .unwrap_err();
     assert!(err.contains("circular dependency"), "{err}");
     assert!(err.contains(":4:") || err.contains(":2:"), "{err}");
 
-    let err = try_convert("FROM busybox AS a\nCOPY --from=a /x /x\n", &ConvertOptions::default()).unwrap_err();
+    let err = try_convert(
+        "FROM busybox AS a\nCOPY --from=a /x /x\n",
+        &ConvertOptions::default(),
+    )
+    .unwrap_err();
     assert!(err.contains("circular dependency"), "{err}");
 }
 
@@ -106,7 +121,10 @@ fn identical_steps_share_a_digest_across_stages_and_dockerfiles() {
     // Both stages' RUN are the same vertex: one exec in the graph.
     assert_eq!(execs(&a).len(), 1);
     let b = converted("# another file\nFROM busybox\n\n\nRUN echo same\n");
-    assert_eq!(a.definition.root.map(|r| r.vertex), b.definition.root.map(|r| r.vertex));
+    assert_eq!(
+        a.definition.root.map(|r| r.vertex),
+        b.definition.root.map(|r| r.vertex)
+    );
     let c = converted("FROM busybox\nRUN echo different\n");
     assert_ne!(a.definition.root, c.definition.root);
 }
@@ -119,8 +137,16 @@ fn global_args_scope_from_lines_and_need_redeclaring_in_stages() {
     );
     assert_eq!(images(&c), ["busybox:2"]);
     let runs = execs(&c);
-    assert!(!runs[0].env.iter().any(|e| e.starts_with("VERSION=")), "{:?}", runs[0].env);
-    assert!(runs[1].env.contains(&"VERSION=2".to_string()), "{:?}", runs[1].env);
+    assert!(
+        !runs[0].env.iter().any(|e| e.starts_with("VERSION=")),
+        "{:?}",
+        runs[0].env
+    );
+    assert!(
+        runs[1].env.contains(&"VERSION=2".to_string()),
+        "{:?}",
+        runs[1].env
+    );
 }
 
 #[test]
@@ -175,12 +201,24 @@ fn automatic_platform_args() {
 
 #[test]
 fn shell_form_uses_the_stage_shell_and_exec_form_is_verbatim() {
-    let c = converted("FROM busybox\nRUN echo a\nSHELL [\"/bin/bash\", \"-eu\", \"-c\"]\nRUN echo b\nRUN [\"echo\", \"c\"]\nCMD echo d\n");
+    let c = converted(
+        "FROM busybox\nRUN echo a\nSHELL [\"/bin/bash\", \"-eu\", \"-c\"]\nRUN echo b\nRUN [\"echo\", \"c\"]\nCMD echo d\n",
+    );
     let runs = execs(&c);
     assert_eq!(runs[0].args, ["/bin/sh", "-c", "echo a"]);
     assert_eq!(runs[1].args, ["/bin/bash", "-eu", "-c", "echo b"]);
     assert_eq!(runs[2].args, ["echo", "c"]);
-    assert_eq!(c.image.config.cmd.as_deref(), Some(&["/bin/bash".to_string(), "-eu".into(), "-c".into(), "echo d".into()][..]));
+    assert_eq!(
+        c.image.config.cmd.as_deref(),
+        Some(
+            &[
+                "/bin/bash".to_string(),
+                "-eu".into(),
+                "-c".into(),
+                "echo d".into()
+            ][..]
+        )
+    );
 }
 
 struct FakeResolver;
@@ -200,7 +238,8 @@ impl ImageResolver for FakeResolver {
 
 #[test]
 fn base_config_is_inherited_and_entrypoint_resets_inherited_cmd() {
-    let df = parse("FROM withcmd\nWORKDIR sub\nRUN echo $FROMBASE\nENTRYPOINT [\"run\"]\n").unwrap_or_else(|e| panic!("{e}"));
+    let df = parse("FROM withcmd\nWORKDIR sub\nRUN echo $FROMBASE\nENTRYPOINT [\"run\"]\n")
+        .unwrap_or_else(|e| panic!("{e}"));
     let c = convert(&df, &ConvertOptions::default(), Some(&FakeResolver)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.image.config.working_dir, "/base/sub");
     assert_eq!(c.image.config.cmd, None);
@@ -232,7 +271,10 @@ fn image_config_from_instructions() {
     assert_eq!(hc.test, ["CMD-SHELL", "curl -f http://localhost/"]);
     assert_eq!((hc.interval, hc.retries), (5_000_000_000, 3));
     assert!(c.image.history.iter().all(|h| h.empty_layer));
-    assert_eq!(c.definition.root, None, "a scratch stage without file changes has no filesystem");
+    assert_eq!(
+        c.definition.root, None,
+        "a scratch stage without file changes has no filesystem"
+    );
 }
 
 #[test]
@@ -259,7 +301,9 @@ fn copy_semantics_reach_the_graph() {
     assert_eq!(copies[0].mode.as_deref(), Some("0644"));
     assert_eq!(copies[1].src, ["/x.tgz"]);
     assert!(!copies[1].auto_extract, "remote archives are not unpacked");
-    assert!(c.definition.vertices.iter().any(|v| matches!(&v.op, Op::Source(Source::Http { url, .. }) if url == "https://example.com/x.tgz")));
+    assert!(c.definition.vertices.iter().any(
+        |v| matches!(&v.op, Op::Source(Source::Http { url, .. }) if url == "https://example.com/x.tgz")
+    ));
     // --link copies onto an empty tree and merges it over the stage.
     assert!(c.definition.vertices.iter().any(|v| matches!(v.op, Op::Merge)));
 
@@ -269,7 +313,9 @@ fn copy_semantics_reach_the_graph() {
 
 #[test]
 fn heredocs_in_run_and_copy() {
-    let c = converted("FROM busybox\nARG NAME=world\nRUN <<EOF\necho hi\necho there\nEOF\nCOPY <<EOT /greeting\nhello $NAME\nEOT\nRUN <<'EOF'\n#!/bin/sh\necho script\nEOF\n");
+    let c = converted(
+        "FROM busybox\nARG NAME=world\nRUN <<EOF\necho hi\necho there\nEOF\nCOPY <<EOT /greeting\nhello $NAME\nEOT\nRUN <<'EOF'\n#!/bin/sh\necho script\nEOF\n",
+    );
     let runs = execs(&c);
     assert_eq!(script(runs[0]), "echo hi\necho there\n");
     assert_eq!(runs[1].args, ["/dev/pipes/EOF"]);
@@ -293,10 +339,16 @@ fn heredocs_in_run_and_copy() {
 fn named_contexts_replace_images_and_stages() {
     let mut opts = ConvertOptions::default();
     opts.named_contexts.insert("busybox".into(), NamedContext::Local);
-    opts.named_contexts.insert("deps".into(), NamedContext::Image("registry.local/deps:1".into()));
+    opts.named_contexts
+        .insert("deps".into(), NamedContext::Image("registry.local/deps:1".into()));
     let c = try_convert("FROM busybox\nCOPY --from=deps /x /x\n", &opts).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(images(&c), ["registry.local/deps:1"]);
-    assert!(c.definition.vertices.iter().any(|v| matches!(&v.op, Op::Source(Source::Local { name, .. }) if name == "context:busybox")));
+    assert!(
+        c.definition
+            .vertices
+            .iter()
+            .any(|v| matches!(&v.op, Op::Source(Source::Local { name, .. }) if name == "context:busybox"))
+    );
 }
 
 #[test]
@@ -305,15 +357,24 @@ fn bad_instructions_fail_with_location_and_hint() {
         ("FROM busybox\nCOPY --bogus=1 a b\n", ":2:"),
         ("FROM busybox\nWORKDIR --x=1 /a\n", "does not take flags"),
         ("FROM busybox\nEXPOSE http\n", "invalid port"),
-        ("FROM busybox\nRUN --mount=type=nfs,target=/x true\n", "unsupported mount type"),
-        ("FROM busybox\nRUN --network=bridge true\n", "unsupported network mode"),
+        (
+            "FROM busybox\nRUN --mount=type=nfs,target=/x true\n",
+            "unsupported mount type",
+        ),
+        (
+            "FROM busybox\nRUN --network=bridge true\n",
+            "unsupported network mode",
+        ),
         ("FROM busybox\nCOPY --chmod=999 a /b\n", "invalid --chmod"),
         ("FROM busybox\nSTOPSIGNAL SIGNOPE\n", "invalid signal"),
         ("FROM busybox AS 1bad\n", "invalid name for build stage"),
         ("RUN echo\nFROM busybox\n", "must come after a FROM"),
         ("ARG X\nFROM $X\n", "should not be blank"),
         ("FROM busybox\nCOPY --from=7 /a /b\n", "invalid stage index"),
-        ("FROM busybox\nHEALTHCHECK --interval=5 CMD true\n", "invalid --interval"),
+        (
+            "FROM busybox\nHEALTHCHECK --interval=5 CMD true\n",
+            "invalid --interval",
+        ),
     ] {
         let err = try_convert(df, &ConvertOptions::default()).unwrap_err();
         assert!(err.contains(want), "{df:?}: {err}");
@@ -323,7 +384,9 @@ fn bad_instructions_fail_with_location_and_hint() {
 
 #[test]
 fn undefined_variables_are_linted() {
-    let c = converted("ARG GLOBAL\nFROM busybox:$GLOBAL$MISSING\nARG DECLARED\nENV X=$DECLARED$UNDECLARED\nRUN echo $NOT_EXPANDED_BY_FRONTEND\n");
+    let c = converted(
+        "ARG GLOBAL\nFROM busybox:$GLOBAL$MISSING\nARG DECLARED\nENV X=$DECLARED$UNDECLARED\nRUN echo $NOT_EXPANDED_BY_FRONTEND\n",
+    );
     let rules: Vec<(&str, usize)> = c.lints.iter().map(|l| (l.rule, l.line)).collect();
     assert_eq!(rules, [("UndefinedArgInFrom", 2), ("UndefinedVar", 4)]);
     assert!(c.lints[1].message.contains("UNDECLARED"));
@@ -331,6 +394,9 @@ fn undefined_variables_are_linted() {
 
 #[test]
 fn unused_build_args_are_reported() {
-    let c = with_args("FROM busybox\nARG USED\n", &[("USED", "1"), ("UNUSED", "2"), ("HTTP_PROXY", "p")]);
+    let c = with_args(
+        "FROM busybox\nARG USED\n",
+        &[("USED", "1"), ("UNUSED", "2"), ("HTTP_PROXY", "p")],
+    );
     assert_eq!(c.unused_build_args, ["UNUSED"]);
 }

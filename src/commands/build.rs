@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 pub fn run(_global: &GlobalArgs, args: BuildArgs) -> anyhow::Result<ExitCode> {
     if !args.check {
-        bail!("building images needs the solver, which this version of kiln does not have yet; `kiln build --check` runs the lint checks");
+        bail!(
+            "building images needs the solver, which this version of kiln does not have yet; `kiln build --check` runs the lint checks"
+        );
     }
     check(&args)
 }
@@ -35,7 +37,14 @@ fn check(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     }
     match warnings.len() {
         0 => eprintln!("Check complete, no warnings found."),
-        n => eprintln!("Check complete, {n} warning{} found.", if n == 1 { " was" } else { "s were" }),
+        n => eprintln!(
+            "Check complete, {n} warning{} found.",
+            if n == 1 { " was" } else { "s were" }
+        ),
     }
-    Ok(if config.error && !warnings.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if config.error && !warnings.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -14,10 +14,17 @@ pub fn run(command: DebugCommand) -> anyhow::Result<ExitCode> {
                 bail!("no Dockerfile given: write `kiln debug parse --dump FILE`");
             };
             let loaded = dockerfile::load(&path)?;
-            let text = if dump { parser::dump(&loaded.ast) } else { format!("{:#?}\n", loaded.ast) };
+            let text = if dump {
+                parser::dump(&loaded.ast)
+            } else {
+                format!("{:#?}\n", loaded.ast)
+            };
             std::io::stdout().write_all(text.as_bytes())?;
         }
-        DebugCommand::Llb { dockerfile: args, format } => {
+        DebugCommand::Llb {
+            dockerfile: args,
+            format,
+        } => {
             let path = dockerfile::dockerfile_path(&args);
             let loaded = dockerfile::load(&path)?;
             let mut definitions = Vec::new();

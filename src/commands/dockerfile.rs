@@ -16,14 +16,20 @@ pub struct LoadedDockerfile {
 
 /// Where the Dockerfile is: `-f` as given, else `CONTEXT/Dockerfile`.
 pub fn dockerfile_path(args: &DockerfileArgs) -> PathBuf {
-    args.file.clone().unwrap_or_else(|| args.context.join("Dockerfile"))
+    args.file
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"))
 }
 
 pub fn load(path: &Path) -> anyhow::Result<LoadedDockerfile> {
     let display_name = path.display().to_string();
     let source = std::fs::read(path).with_context(|| format!("cannot read Dockerfile {display_name}"))?;
-    let source = String::from_utf8(source)
-        .map_err(|e| anyhow::anyhow!("{display_name}: not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()))?;
+    let source = String::from_utf8(source).map_err(|e| {
+        anyhow::anyhow!(
+            "{display_name}: not valid UTF-8 (byte {})",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
     let ast = parser::parse(&source).map_err(|d| located(d, &display_name))?;
     Ok(LoadedDockerfile { display_name, ast })
 }
@@ -64,21 +70,26 @@ pub fn build_args(args: &DockerfileArgs) -> anyhow::Result<Vec<(String, String)>
     Ok(out)
 }
 
-/// `--build-context NAME=VALUE` entries: the frontend's view, and the local directories by LLB source name.
-pub fn named_contexts(
-    args: &DockerfileArgs,
-) -> anyhow::Result<(Vec<(String, NamedContext)>, Vec<(String, PathBuf)>)> {
+/// `--build-context NAME=VALUE` entries, as the frontend substitutes them for images and stages.
+pub fn named_contexts(args: &DockerfileArgs) -> anyhow::Result<Vec<(String, NamedContext)>> {
     let mut contexts = Vec::new();
-    let mut local_dirs = Vec::new();
     for raw in &args.build_contexts {
-        let Some((name, value)) = raw.split_once('=').filter(|(n, v)| !n.is_empty() && !v.is_empty()) else {
-            bail!("invalid --build-context {raw:?}: write NAME=PATH, NAME=docker-image://REF or NAME=oci-layout://DIR");
+        let Some((name, value)) = raw
+            .split_once('=')
+            .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+        else {
+            bail!(
+                "invalid --build-context {raw:?}: write NAME=PATH, NAME=docker-image://REF or NAME=oci-layout://DIR"
+            );
         };
         let context = if let Some(reference) = value.strip_prefix("docker-image://") {
             NamedContext::Image(reference.to_string())
         } else if let Some(layout) = value.strip_prefix("oci-layout://") {
             let (path, reference) = split_layout_reference(layout);
-            NamedContext::OciLayout { path: path.to_string(), reference: reference.to_string() }
+            NamedContext::OciLayout {
+                path: path.to_string(),
+                reference: reference.to_string(),
+            }
         } else if value.contains("://") {
             bail!("unsupported --build-context {raw:?}: use a directory, docker-image:// or oci-layout://");
         } else {
@@ -86,12 +97,11 @@ pub fn named_contexts(
             if !dir.is_dir() {
                 bail!("--build-context {name}: {value} is not a directory");
             }
-            local_dirs.push((format!("{}:{name}", kiln_frontend::convert::CONTEXT_NAME), dir));
             NamedContext::Local
         };
         contexts.push((name.to_string(), context));
     }
-    Ok((contexts, local_dirs))
+    Ok(contexts)
 }
 
 /// `DIR[:TAG|@DIGEST]`; the tag defaults to `latest`.
@@ -106,9 +116,13 @@ fn split_layout_reference(layout: &str) -> (&str, &str) {
 }
 
 /// Frontend options for one platform from the CLI's flags.
-pub fn convert_options(args: &DockerfileArgs, dockerfile: &Path, platform: &Platform) -> anyhow::Result<ConvertOptions> {
+pub fn convert_options(
+    args: &DockerfileArgs,
+    dockerfile: &Path,
+    platform: &Platform,
+) -> anyhow::Result<ConvertOptions> {
     let ignore_patterns = dockerignore::load_for_build(&args.context, dockerfile)?;
-    let (contexts, _) = named_contexts(args)?;
+    let contexts = named_contexts(args)?;
     Ok(ConvertOptions {
         target: args.target.clone(),
         build_args: build_args(args)?,
@@ -129,6 +143,9 @@ mod tests {
     fn layout_references() {
         assert_eq!(split_layout_reference("/x/layout"), ("/x/layout", "latest"));
         assert_eq!(split_layout_reference("/x/layout:v1"), ("/x/layout", "v1"));
-        assert_eq!(split_layout_reference("/x/layout@sha256:ab"), ("/x/layout", "sha256:ab"));
+        assert_eq!(
+            split_layout_reference("/x/layout@sha256:ab"),
+            ("/x/layout", "sha256:ab")
+        );
     }
 }
