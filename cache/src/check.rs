@@ -1,0 +1,181 @@
+//! `store check`: every mismatch between the database and the directories.
+
+use std::fmt;
+use std::io;
+
+use crate::digest::Hashing;
+use crate::error::{IoContext, Result};
+use crate::fsutil::temp_holder;
+use crate::meta::SnapshotId;
+use crate::{Digest, Store};
+
+/// One thing found wrong (or worth knowing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// What it is about: `blob sha256:…`, `image NAME`, `snapshot ID`, a path.
+    pub subject: String,
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.subject, self.message)
+    }
+}
+
+/// Errors are content that is referenced but missing or corrupt. Warnings are leftovers a crash can leave
+/// (unreferenced files, temp files and leases of dead processes); the store works with them and prune
+/// removes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    pub errors: Vec<Finding>,
+    pub warnings: Vec<Finding>,
+}
+
+impl CheckReport {
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    fn error(&mut self, subject: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(Finding {
+            subject: subject.into(),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, subject: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Finding {
+            subject: subject.into(),
+            message: message.into(),
+        });
+    }
+}
+
+impl Store {
+    /// Walks the database and the directories and reports every mismatch, re-hashing every blob. Meant for
+    /// a store no other process is writing to at the moment (findings may otherwise be work in progress).
+    pub fn check(&self) -> Result<CheckReport> {
+        let mut report = CheckReport::default();
+        let mut inv = self.inventory()?;
+
+        for name in &inv.bad_blob_names {
+            report.warn(
+                format!("blobs/sha256/{name}"),
+                "not a sha256 digest; not made by the store",
+            );
+        }
+        for digest in inv.blob_files.keys() {
+            let path = self.blob_path(digest);
+            let mut hashing =
+                Hashing::new(std::fs::File::open(&path).ctx(|| format!("open {}", path.display()))?);
+            io::copy(&mut hashing, &mut io::sink()).ctx(|| format!("read {}", path.display()))?;
+            let actual = hashing.digest();
+            if actual != *digest {
+                report.error(format!("blob {digest}"), format!("content hashes to {actual}"));
+            }
+        }
+        for (key, meta) in &inv.db.blob_meta {
+            let present = key
+                .parse::<Digest>()
+                .is_ok_and(|d| inv.blob_files.contains_key(&d));
+            if !present {
+                report.error(format!("blob {key}"), "has metadata but no file");
+            }
+            let indexed = meta.diff_id.is_none_or(|diff| {
+                let diff = diff.to_string();
+                inv.db.diff_blobs.iter().any(|(d, b)| *d == diff && b == key)
+            });
+            if !indexed {
+                report.error(format!("blob {key}"), "missing from the diff_id index");
+            }
+        }
+        for (diff, blob) in &inv.db.diff_blobs {
+            let meta = inv.db.blob_meta.iter().find(|(k, _)| k == blob);
+            if meta.is_none_or(|(_, m)| m.diff_id.map(|d| d.to_string()).as_deref() != Some(diff.as_str())) {
+                report.error(
+                    format!("diff_id {diff}"),
+                    format!("index names blob {blob}, whose metadata disagrees"),
+                );
+            }
+        }
+
+        let images = inv.db.images.clone();
+        for (name, rec) in &images {
+            match inv.image_closure(&rec.digest) {
+                Ok(closure) => {
+                    for p in closure.problems {
+                        report.error(format!("image {name}"), p);
+                    }
+                }
+                Err(e) => report.error(format!("image {name}"), e.to_string()),
+            }
+        }
+
+        for (id, rec) in &inv.db.snapshots {
+            let subject = format!("snapshot {id}");
+            let Ok(sid) = SnapshotId::new(id) else {
+                report.error(subject, "invalid id in the database");
+                continue;
+            };
+            if !self.snapshot_path(&sid).is_dir() {
+                report.error(
+                    &subject,
+                    format!("directory {} is missing", self.snapshot_path(&sid).display()),
+                );
+            }
+            if let Some(parent) = &rec.parent
+                && !inv.snapshot_size.contains_key(parent)
+            {
+                report.error(&subject, format!("parent {parent} has no record"));
+            }
+        }
+        for (diff, id) in &inv.db.snapshot_by_diff {
+            let rec = inv.db.snapshots.iter().find(|(k, _)| k == id);
+            if rec.is_none_or(|(_, r)| r.diff_id.map(|d| d.to_string()).as_deref() != Some(diff.as_str())) {
+                report.error(
+                    format!("diff_id {diff}"),
+                    format!("index names snapshot {id}, whose record disagrees"),
+                );
+            }
+        }
+        for dir in &inv.snapshot_dirs {
+            let recorded = SnapshotId::new(dir).is_ok_and(|id| inv.snapshot_size.contains_key(&id));
+            if !recorded {
+                report.warn(
+                    format!("snapshots/{dir}"),
+                    "directory without a record (prune removes it)",
+                );
+            }
+        }
+
+        for (key, rec) in &inv.db.cache_records {
+            for p in inv.record_closure(rec).problems {
+                report.error(format!("cache record {key:?}"), p);
+            }
+        }
+        for (id, lease) in &inv.db.leases {
+            if !lease.holder.is_alive() {
+                report.warn(
+                    format!("lease {id}"),
+                    format!("holder pid {} is gone (prune removes it)", lease.holder.pid),
+                );
+            }
+        }
+
+        let tmp = self.tmp_dir();
+        for entry in std::fs::read_dir(&tmp).ctx(|| format!("list {}", tmp.display()))? {
+            let entry = entry.ctx(|| format!("list {}", tmp.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match temp_holder(&name) {
+                None => report.warn(format!("tmp/{name}"), "not made by the store"),
+                Some(h) if !h.is_alive() => report.warn(
+                    format!("tmp/{name}"),
+                    "left by a process that is gone (prune removes it)",
+                ),
+                Some(_) => {}
+            }
+        }
+        Ok(report)
+    }
+}
