@@ -3,13 +3,13 @@
 //! building the image config docker would write.
 
 use crate::ast::{Dockerfile, Heredoc};
-use crate::image::{HealthConfig, History, ImageInfo};
 use crate::instructions::{
     self, ArgDecl, Command, CommandLine, CopyArgs, Healthcheck, Instruction, Location, RunArgs, Stage,
 };
 use crate::lint::LintWarning;
 use crate::shell::{Env, ShellLex};
 use crate::{Diagnostic, parser};
+use kiln_llb::image::{HealthConfig, History, ImageInfo};
 use kiln_llb::{
     CacheSharing, Copy, Definition, Exec, FileAction, FileOp, Input, Meta, Mount, MountKind, NetworkMode, Op,
     Owner, Platform, Source, Vertex,

@@ -7,7 +7,6 @@ pub mod ast;
 pub mod convert;
 pub mod dockerignore;
 pub mod error;
-pub mod image;
 pub mod instructions;
 pub mod lint;
 pub mod parser;

@@ -1,8 +1,8 @@
 //! Dockerfile → LLB conversion: which stages end up in the graph, what each RUN sees, and the image config.
 
 use kiln_frontend::convert::{ConvertOptions, Converted, ImageResolver, NamedContext, convert};
-use kiln_frontend::image::ImageInfo;
 use kiln_frontend::parser::parse;
+use kiln_llb::image::ImageInfo;
 use kiln_llb::{Exec, FileAction, Op, Platform, Source};
 
 fn try_convert(dockerfile: &str, opts: &ConvertOptions) -> Result<Converted, String> {

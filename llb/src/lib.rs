@@ -7,6 +7,7 @@
 //! solver collapses identical vertices into one node for free.
 
 mod digest;
+pub mod image;
 mod op;
 mod platform;
 
@@ -131,8 +132,7 @@ impl Definition {
 
     /// Graphviz rendering for `kiln debug llb --format dot`.
     pub fn to_dot(&self) -> String {
-        let mut out =
-            String::from("digraph llb {\n  rankdir=BT;\n  node [shape=box, fontname=monospace];\n");
+        let mut out = String::from("digraph llb {\n  rankdir=BT;\n  node [shape=box, fontname=monospace];\n");
         for v in &self.vertices {
             let label = if v.meta.description.is_empty() {
                 v.op.kind()
@@ -155,7 +155,5 @@ impl Definition {
 }
 
 fn escape_dot(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

@@ -59,12 +59,10 @@ impl Platform {
             return Err(err("empty platform"));
         }
         let parts: Vec<&str> = trimmed.split('/').collect();
-        if parts.iter().any(|p| {
-            p.is_empty()
-                || !p
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-        }) {
+        if parts
+            .iter()
+            .any(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
+        {
             return Err(err(
                 "each part must be a non-empty word of letters, digits, '_', '-' or '.'",
             ));
@@ -74,11 +72,7 @@ impl Platform {
             [one] => {
                 let lower = one.to_ascii_lowercase();
                 if KNOWN_OSES.contains(&lower.as_str()) {
-                    Ok(Platform::new(
-                        &lower,
-                        &host.architecture,
-                        host.variant.as_deref(),
-                    ))
+                    Ok(Platform::new(&lower, &host.architecture, host.variant.as_deref()))
                 } else {
                     Ok(Platform::new("linux", one, None))
                 }
@@ -117,11 +111,7 @@ fn normalize_arch(arch: &str, variant: &str) -> (String, String) {
         "i386" => ("386".into(), String::new()),
         "x86_64" | "x86-64" | "amd64" => (
             "amd64".into(),
-            if variant == "v1" {
-                String::new()
-            } else {
-                variant
-            },
+            if variant == "v1" { String::new() } else { variant },
         ),
         "aarch64" | "arm64" => {
             let variant = match variant.as_str() {

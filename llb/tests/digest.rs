@@ -46,12 +46,7 @@ fn identical_ops_get_identical_digests_whatever_their_meta() {
     let a = image("busybox");
     let mut b = image("busybox");
     b.meta.description = "[stage-1 1/2] FROM busybox".into();
-    b = Vertex::new(
-        b.op.clone(),
-        b.inputs.clone(),
-        b.platform.clone(),
-        b.meta.clone(),
-    );
+    b = Vertex::new(b.op.clone(), b.inputs.clone(), b.platform.clone(), b.meta.clone());
     assert_eq!(a.digest, b.digest);
     assert_eq!(
         run(&a, &["sh", "-c", "make"]).digest,
@@ -63,19 +58,13 @@ fn identical_ops_get_identical_digests_whatever_their_meta() {
 fn every_field_changes_the_digest() {
     let base = image("busybox");
     let reference = run(&base, &["sh", "-c", "make"]);
-    assert_ne!(
-        reference.digest,
-        run(&base, &["sh", "-c", "make all"]).digest
-    );
+    assert_ne!(reference.digest, run(&base, &["sh", "-c", "make all"]).digest);
     assert_ne!(
         reference.digest,
         run(&image("alpine"), &["sh", "-c", "make"]).digest
     );
     // Length prefixes keep ["ab","c"] and ["a","bc"] apart.
-    assert_ne!(
-        run(&base, &["ab", "c"]).digest,
-        run(&base, &["a", "bc"]).digest
-    );
+    assert_ne!(run(&base, &["ab", "c"]).digest, run(&base, &["a", "bc"]).digest);
     let arm = Vertex::new(
         base.op.clone(),
         vec![],

@@ -1,4 +1,4 @@
-//! The image configuration a Dockerfile produces: what docker writes into an image's config (`config` plus
+//! The image configuration a build produces alongside its graph: what docker writes into an image's config (`config` plus
 //! `history`), built up instruction by instruction and inherited from the base.
 
 use std::collections::{BTreeMap, BTreeSet};
