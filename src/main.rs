@@ -2,11 +2,17 @@
 
 mod cli;
 mod commands;
+mod progress;
 
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The sandbox helper is this binary re-executed; it must start single-threaded, before anything else.
+    if std::env::args_os().nth(1).is_some_and(|a| a == kiln_solver::sandbox::SANDBOX_ARG) {
+        kiln_solver::sandbox::sandbox_main();
+    }
+    private_mount_namespace();
     let cli = cli::Cli::parse();
     init_logging(cli.global.debug);
     match commands::run(cli) {
@@ -26,4 +32,18 @@ fn init_logging(debug: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Everything kiln mounts (overlays for file operations, views of other stages) lives in a mount namespace of
+/// its own, so it vanishes when kiln exits — even on SIGKILL no mount is left on the host. This must happen
+/// while the process is still single-threaded. Without privileges there is nothing to mount anyway, and the
+/// commands that need mounts report that themselves.
+fn private_mount_namespace() {
+    use rustix::mount::{MountPropagationFlags, mount_change};
+    // SAFETY: unshare is only unsafe with CLONE_FILES, which is not among the flags.
+    if unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }.is_ok()
+        && let Err(e) = mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
+    {
+        tracing::warn!("making kiln's mounts private: {e}");
+    }
 }

@@ -36,17 +36,33 @@ fn debug_parse_dump_prints_buildkits_format() {
     let case = conformance().join("env");
     let want = std::fs::read_to_string(case.join("result")).expect("conformance data beside the repo");
     let dockerfile = case.join("Dockerfile");
-    let out = kiln(&["debug", "parse", "--dump", dockerfile.to_str().unwrap_or_default()]);
+    let out = kiln(&[
+        "debug",
+        "parse",
+        "--dump",
+        dockerfile.to_str().unwrap_or_default(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), want);
-    let with_flag = kiln(&["debug", "parse", "--dump", "-f", dockerfile.to_str().unwrap_or_default()]);
+    let with_flag = kiln(&[
+        "debug",
+        "parse",
+        "--dump",
+        "-f",
+        dockerfile.to_str().unwrap_or_default(),
+    ]);
     assert_eq!(stdout(&with_flag), want);
 }
 
 #[test]
 fn parse_errors_name_the_place_and_what_to_do() {
     let dir = dockerfile("typo", "FROM busybox\nFORM alpine\n");
-    let out = kiln(&["debug", "parse", "--dump", dir.join("Dockerfile").to_str().unwrap_or_default()]);
+    let out = kiln(&[
+        "debug",
+        "parse",
+        "--dump",
+        dir.join("Dockerfile").to_str().unwrap_or_default(),
+    ]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("Dockerfile:2:1:"), "{err}");
@@ -68,8 +84,15 @@ fn debug_llb_prints_json_and_dot_for_the_target_only() {
     let vertices = json["vertices"].as_array().cloned().unwrap_or_default();
     let text = stdout(&out);
     assert_eq!(vertices.len(), 2, "{text}");
-    assert!(text.contains("echo app") && !text.contains("exit 1") && !text.contains("echo final"), "{text}");
-    assert!(json["root"]["vertex"].as_str().is_some_and(|d| d.starts_with("blake3:")));
+    assert!(
+        text.contains("echo app") && !text.contains("exit 1") && !text.contains("echo final"),
+        "{text}"
+    );
+    assert!(
+        json["root"]["vertex"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("blake3:"))
+    );
 
     let out = kiln(&["debug", "llb", "--format", "dot", context]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -78,7 +101,11 @@ fn debug_llb_prints_json_and_dot_for_the_target_only() {
 
     let out = kiln(&["debug", "llb", "--target", "nope", context]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("target stage \"nope\" could not be found"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("target stage \"nope\" could not be found"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -88,18 +115,29 @@ fn build_check_reports_lint_and_honours_check_directive() {
     let out = kiln(&["build", "--check", context]);
     assert!(out.status.success(), "warnings alone do not fail the check");
     let err = stderr(&out);
-    for rule in ["FromAsCasing", "StageNameCasing", "MaintainerDeprecated", "JSONArgsRecommended"] {
+    for rule in [
+        "FromAsCasing",
+        "StageNameCasing",
+        "MaintainerDeprecated",
+        "JSONArgsRecommended",
+    ] {
         assert!(err.contains(rule), "{rule} missing in:\n{err}");
     }
     assert!(err.contains("Dockerfile:1"), "{err}");
 
-    let dir = dockerfile("check-error", "# check=skip=FromAsCasing;error=true\nFROM busybox as build\nCMD echo hi\n");
+    let dir = dockerfile(
+        "check-error",
+        "# check=skip=FromAsCasing;error=true\nFROM busybox as build\nCMD echo hi\n",
+    );
     let out = kiln(&["build", "--check", dir.to_str().unwrap_or_default()]);
     assert!(!out.status.success(), "error=true turns warnings into a failure");
     assert!(!stderr(&out).contains("FromAsCasing"), "{}", stderr(&out));
     assert!(stderr(&out).contains("JSONArgsRecommended"));
 
-    let dir = dockerfile("check-clean", "# check=error=true\nFROM busybox AS build\nCMD [\"echo\", \"hi\"]\n");
+    let dir = dockerfile(
+        "check-clean",
+        "# check=error=true\nFROM busybox AS build\nCMD [\"echo\", \"hi\"]\n",
+    );
     let out = kiln(&["build", "--check", dir.to_str().unwrap_or_default()]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
@@ -107,7 +145,13 @@ fn build_check_reports_lint_and_honours_check_directive() {
 #[test]
 fn the_example_converts() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
-    let out = kiln(&["debug", "llb", "--build-context", "busybox=/", example.to_str().unwrap_or_default()]);
+    let out = kiln(&[
+        "debug",
+        "llb",
+        "--build-context",
+        "busybox=/",
+        example.to_str().unwrap_or_default(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("greet.sh"));
 }

@@ -61,6 +61,10 @@ pub enum Error {
 
     #[error("lease {0} does not exist")]
     LeaseNotFound(String),
+
+    /// `what` says which role the snapshot had: "snapshot", "parent snapshot".
+    #[error("{what} {id} does not exist")]
+    SnapshotNotFound { what: &'static str, id: String },
 }
 
 fn fmt_entry(entry: &Option<String>) -> String {

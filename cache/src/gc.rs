@@ -645,7 +645,7 @@ enum Resource {
 }
 
 /// Removes a file or a directory tree (std's removal does not follow symlinks inside the tree).
-fn remove_any(path: &std::path::Path) -> Result<()> {
+pub(crate) fn remove_any(path: &std::path::Path) -> Result<()> {
     let r = match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
         Ok(_) => std::fs::remove_file(path),

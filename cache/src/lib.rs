@@ -5,10 +5,12 @@
 //! Layout under the root (DESIGN §6):
 //! ```text
 //! ROOT/blobs/sha256/<hex>   content, written to ROOT/tmp while hashed, verified, fsynced, renamed in
-//! ROOT/snapshots/<id>/fs    one unpacked layer (a diff directory overlayfs can stack)
+//! ROOT/snapshots/<id>/fs    a diff directory overlayfs can stack: an unpacked layer (id = diff_id hex) or a
+//!                           build step's upperdir (id = `build-<random>`, see [`Store::commit_snapshot`])
 //! ROOT/db.redb              records (see [`ImageRecord`], [`BlobMeta`], [`SnapshotRecord`], [`Lease`],
 //!                           [`CacheRecord`])
-//! ROOT/tmp/                 work in progress, named after the process that owns it
+//! ROOT/tmp/                 work in progress (blob writes, unpacks, prepared upperdirs), named after the
+//!                           process that owns it
 //! ROOT/locks/               flock files
 //! ```
 //!
@@ -34,6 +36,7 @@ mod error;
 mod fsutil;
 mod gc;
 mod meta;
+mod snapshot;
 mod unpack;
 
 use std::path::{Path, PathBuf};
@@ -42,11 +45,13 @@ pub use blob::{BlobInfo, BlobWriter};
 pub use check::{CheckReport, Finding};
 pub use digest::Digest;
 pub use error::{Error, Result};
-pub use fsutil::{Holder, LockGuard};
+pub use fsutil::{Holder, LockGuard, temp_name};
 pub use gc::{CacheRecordUsage, DiskUsage, ImageUsage, PruneReport, SnapshotUsage};
 pub use meta::{
     BlobMeta, CacheRecord, ImageRecord, Lease, LeaseId, LeaseResource, Platform, SnapshotId, SnapshotRecord,
+    TarDiffId,
 };
+pub use snapshot::PreparedSnapshot;
 pub use unpack::Compression;
 
 use crate::error::IoContext;

@@ -77,10 +77,16 @@ pub struct BlobMeta {
     pub diff_id: Option<Digest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
+    /// The level the store compressed it with; `None` for blobs that came from elsewhere (pulled), whose
+    /// level is unknown. An export reuses a blob only at the exact level asked for, so that the digest it
+    /// produces does not depend on what happens to be in the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
 }
 
 /// Names a directory under ROOT/snapshots. Unpacked layers are named by the hex of their diff_id, so two
-/// processes unpacking the same layer agree on where it goes.
+/// processes unpacking the same layer agree on where it goes; build results get a random `build-…` id
+/// (see [`Store::commit_snapshot`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct SnapshotId(String);
@@ -154,9 +160,10 @@ impl SnapshotId {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRecord {
     /// The digest of the layer tar this directory holds, when it came from (or was committed as) a layer.
+    /// For a build snapshot, the first unclamped export's diff_id (see [`Store::set_snapshot_diff_id`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff_id: Option<Digest>,
     /// The snapshot this one is stacked on; kept alive with it.
@@ -165,6 +172,19 @@ pub struct SnapshotRecord {
     /// Bytes of file content (each hardlinked inode once).
     pub size: u64,
     pub created: u64,
+    /// The diff_ids of the layer tars exported from this directory, one per SOURCE_DATE_EPOCH they were
+    /// made with (clamping mtimes changes the tar's bytes, so each epoch is its own layer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tar_diff_ids: Vec<TarDiffId>,
+}
+
+/// The diff_id of one export of a snapshot's files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TarDiffId {
+    /// The epoch mtimes were clamped to; `None` for a tar with the files' own mtimes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_date_epoch: Option<u64>,
+    pub diff_id: Digest,
 }
 
 /// A result the solver remembers under a cache key. `blobs` and `snapshots` are what the result needs; they
@@ -461,7 +481,7 @@ impl Store {
     // ---- snapshots ----
 
     pub fn snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotRecord>> {
-        self.read(|txn| get_json(&txn.open_table(SNAPSHOTS)?, "snapshot", id.as_str()))
+        self.read(|txn| read_snapshot(txn, id))
     }
 
     /// The snapshot holding the layer with this diff_id unpacked, if there is one.
@@ -630,6 +650,24 @@ pub(crate) fn put_snapshot(txn: &WriteTransaction, id: &SnapshotId, record: &Sna
     Ok(())
 }
 
+/// Rewrites a snapshot's record, indexing its diff_id only where no other snapshot is indexed for it (an
+/// unpacked layer keeps its place; either directory holds the same files).
+pub(crate) fn update_snapshot(
+    txn: &WriteTransaction,
+    id: &SnapshotId,
+    record: &SnapshotRecord,
+) -> TxResult<()> {
+    put_json(&mut txn.open_table(SNAPSHOTS)?, "snapshot", id.as_str(), record)?;
+    if let Some(diff_id) = &record.diff_id {
+        let mut by_diff = txn.open_table(SNAPSHOT_BY_DIFF)?;
+        let key = diff_id.to_string();
+        if by_diff.get(key.as_str())?.is_none() {
+            by_diff.insert(key.as_str(), id.as_str())?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn delete_snapshot(txn: &WriteTransaction, id: &SnapshotId) -> TxResult<()> {
     let mut t = txn.open_table(SNAPSHOTS)?;
     let old: Option<SnapshotRecord> = get_json(&t, "snapshot", id.as_str())?;
@@ -666,6 +704,10 @@ pub(crate) fn add_to_lease(txn: &WriteTransaction, lease: &LeaseId, resource: Le
         put_json(&mut t, "lease", lease.as_str(), &record)?;
     }
     Ok(())
+}
+
+pub(crate) fn read_snapshot(txn: &ReadTransaction, id: &SnapshotId) -> TxResult<Option<SnapshotRecord>> {
+    get_json(&txn.open_table(SNAPSHOTS)?, "snapshot", id.as_str())
 }
 
 pub(crate) fn get_snapshot(txn: &WriteTransaction, id: &SnapshotId) -> TxResult<Option<SnapshotRecord>> {

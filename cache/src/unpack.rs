@@ -68,6 +68,15 @@ impl Compression {
             Compression::None
         }
     }
+
+    /// A reader of what `compressed` holds uncompressed.
+    pub fn decoder<'a, R: BufRead + Send + 'a>(self, compressed: R) -> io::Result<Box<dyn Read + Send + 'a>> {
+        Ok(match self {
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(compressed)),
+            Compression::Zstd => Box::new(zstd::Decoder::with_buffer(compressed)?),
+            Compression::None => Box::new(compressed),
+        })
+    }
 }
 
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -141,11 +150,13 @@ impl Store {
             parent: None,
             size: unpacked.size,
             created: now_secs(),
+            ..SnapshotRecord::default()
         };
         let meta = BlobMeta {
             media_type: Some(media_type.to_owned()),
             diff_id: Some(unpacked.diff_id),
             compression: Some(unpacked.compression),
+            compression_level: None,
         };
         let lease = self.lease().cloned();
         self.write_locked(&held, |txn| {
@@ -160,6 +171,23 @@ impl Store {
             Ok(())
         })?;
         Ok(id)
+    }
+
+    /// The layer tar a layer blob holds, decompressed as its content says (whatever its media type claims).
+    pub fn open_layer_tar(&self, blob: &Digest) -> Result<Box<dyn Read + Send>> {
+        let mut raw = BufReader::new(self.open_blob(blob)?);
+        let head = raw.fill_buf().ctx(|| format!("read blob {blob}"))?;
+        Compression::detect(head)
+            .decoder(raw)
+            .ctx(|| format!("decompress blob {blob}"))
+    }
+
+    /// The diff_id of a layer blob (the digest of its uncompressed tar) and the tar's size, read through
+    /// once. For checking a layer against an image config without unpacking it.
+    pub fn layer_diff_id(&self, blob: &Digest) -> Result<(Digest, u64)> {
+        let mut tar = Hashing::new(self.open_layer_tar(blob)?);
+        io::copy(&mut tar, &mut io::sink()).ctx(|| format!("decompress blob {blob}"))?;
+        Ok((tar.digest(), tar.count))
     }
 
     /// The snapshot of `blob` if it has been unpacked (and leases it when this handle has a lease).
@@ -211,11 +239,7 @@ fn unpack_tar(file: File, dest: &Path) -> EntryResult<Unpacked> {
     let whole = |e: io::Error| (None, e);
     let mut raw = BufReader::new(Hashing::new(file));
     let compression = Compression::detect(raw.fill_buf().map_err(whole)?);
-    let decompressed: Box<dyn Read + '_> = match compression {
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut raw)),
-        Compression::Zstd => Box::new(zstd::Decoder::with_buffer(&mut raw).map_err(whole)?),
-        Compression::None => Box::new(&mut raw),
-    };
+    let decompressed = compression.decoder(&mut raw).map_err(whole)?;
     let mut archive = tar::Archive::new(Hashing::new(decompressed));
     let root = open_dir_path(dest).map_err(whole)?;
     let mut unpacker = Unpacker {

@@ -103,6 +103,7 @@ fn blob_meta_keeps_the_diff_id_index_in_step() {
         media_type: Some(common::GZIP_LAYER.into()),
         diff_id: Some(diff),
         compression: Some(Compression::Gzip),
+        ..BlobMeta::default()
     };
     s.set_blob_meta(&blob, &meta(diff1)).expect("set");
     assert_eq!(s.blob_meta(&blob).expect("get"), Some(meta(diff1)));

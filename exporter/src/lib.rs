@@ -1,2 +1,20 @@
-//! Exporters: turn solver results into OCI image manifests, configs and indexes and write them to the store,
-//! an OCI or docker archive, a directory, or a registry. Filled in by the exporter issue.
+//! Exporters: turn images into what users ship. [`stored`] reads images as the store holds them (names,
+//! indexes, platform manifests, IDs), [`push()`] sends one to a registry, [`archive`] writes OCI and docker
+//! archives. [`image`] makes images from build results: [`layer`] turns a snapshot into a deterministic layer
+//! tar, [`export`] hashes and compresses it into the store once, and the config, manifest and index are
+//! written as [`canonical`] JSON.
+
+mod error;
+
+pub mod archive;
+pub mod canonical;
+pub mod export;
+pub mod image;
+pub mod layer;
+pub mod parallel;
+pub mod push;
+pub mod stored;
+
+pub use archive::{ArchiveFormat, save};
+pub use error::{Error, Result};
+pub use push::{PushProgress, push};

@@ -431,8 +431,15 @@ impl<'a> Converter<'a> {
         )
     }
 
-    /// The filesystem and config a named context provides, if `name` is one.
-    fn named_context(&mut self, name: &str, platform: &Platform) -> Result<Option<StageResult>, String> {
+    /// The filesystem and config a named context provides, if `name` is one. `as_rootfs` is for FROM: a local
+    /// directory is then copied into a layer of its own, since a stage's rootfs must be a filesystem in the store,
+    /// while COPY --from and RUN --mount read a local directory in place.
+    fn named_context(
+        &mut self,
+        name: &str,
+        platform: &Platform,
+        as_rootfs: bool,
+    ) -> Result<Option<StageResult>, String> {
         let Some(context) = self.opts.named_contexts.get(name).cloned() else {
             return Ok(None);
         };
@@ -447,7 +454,25 @@ impl<'a> Converter<'a> {
                     None,
                     format!("[context {name}] load from client"),
                 );
-                (Some(input), ImageInfo::default())
+                let state = if as_rootfs {
+                    let copy = FileAction::Copy(Copy {
+                        src_input: 0,
+                        src: vec!["/".into()],
+                        dest: "/".into(),
+                        follow_symlinks: false,
+                        dir_contents_only: true,
+                        allow_wildcard: false,
+                        allow_empty_wildcard: false,
+                        create_dest_path: true,
+                        ..Copy::default()
+                    });
+                    let op = Op::File(FileOp { has_base: false, actions: vec![copy] });
+                    let meta = Meta { description: format!("[context {name}] copy into a layer"), ..Meta::default() };
+                    self.definition.add(Vertex::new(op, vec![input], Some(platform.clone()), meta))
+                } else {
+                    input
+                };
+                (Some(state), ImageInfo::default())
             }
             NamedContext::Image(reference) => {
                 let image = self.resolve_image(&reference, platform)?;
@@ -562,7 +587,7 @@ impl<'a> Converter<'a> {
         };
         let from_description = st.next_description(&format!("FROM {base}"));
         let inherited = if let Some(result) = self
-            .named_context(&base, &platform)
+            .named_context(&base, &platform, true)
             .map_err(|e| location.error_at(&stage.base, e))?
         {
             result
@@ -960,7 +985,7 @@ impl<'a> Converter<'a> {
     /// The filesystem a `--from=`/`from=` names: a named context, a stage, or an image.
     fn named_input(&mut self, st: &StageState, from: &str, loc: &Location) -> Result<Input, Diagnostic> {
         if let Some(result) = self
-            .named_context(from, &st.platform)
+            .named_context(from, &st.platform, false)
             .map_err(|e| loc.error_at(from, e))?
         {
             return self.state_or_scratch(result.state, st);
@@ -1084,12 +1109,12 @@ impl<'a> Converter<'a> {
                     Source::Http {
                         url: src.clone(),
                         checksum,
-                        filename: None,
+                        filename: Some(url_filename(&src)),
                     },
                     None,
                     format!("[{}] ADD {src}", st.name),
                 );
-                sources.push((input, vec![url_filename(&src)], false));
+                sources.push((input, vec![format!("/{}", url_filename(&src))], false));
                 continue;
             }
             if is_add && is_git_url(&src) {
@@ -1401,7 +1426,7 @@ fn url_filename(url: &str) -> String {
         .next()
         .filter(|n| !n.is_empty() && !path.ends_with("//"))
         .unwrap_or("index.html");
-    format!("/{name}")
+    name.to_string()
 }
 
 fn is_git_url(src: &str) -> bool {

@@ -31,7 +31,7 @@ pub enum IgnoreError {
 }
 
 /// One cleaned pattern, as moby's `Pattern`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Pattern {
     text: String,
     exception: bool,
@@ -63,7 +63,7 @@ impl Pattern {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Shape {
     Exact,
     Prefix,
@@ -130,7 +130,7 @@ pub fn parse(contents: &str, file_name: &str) -> Result<Vec<String>, IgnoreError
     Ok(out)
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PatternMatcher {
     patterns: Vec<Pattern>,
     has_exceptions: bool,
@@ -424,7 +424,7 @@ fn rewrite(text: &str) -> (Kind, String) {
 // The regexp engine: just enough of Go's RE2 syntax (Perl flags) for whatever moby's rewrite can produce,
 // run as a Pike VM so that stacked `**` segments cannot blow up.
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Set {
     Lit(char),
     /// `.`, which in Go does not match a newline.
@@ -435,7 +435,7 @@ enum Set {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum ClassItem {
     Range(char, char),
     Posix(fn(char) -> bool, bool),
@@ -472,7 +472,7 @@ enum Node {
     Repeat(Box<Node>, Rep),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Inst {
     Set(Set),
     Begin,
@@ -482,7 +482,7 @@ enum Inst {
     Match,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Regex(Vec<Inst>);
 
 impl Regex {

@@ -1,173 +1,16 @@
-//! Misbehaving registries. The real docker-registry verifies what it stores, so a tiny HTTP server built on
-//! std::net stands in for one that serves wrong, short or malformed content.
+//! Misbehaving registries, played by kiln-testutil's fake registry.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use common::*;
 use kiln_registry::{Error, Platform};
+use kiln_testutil::fake::{FakeRegistry, Response};
 
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// Announce this length instead of the body's, to simulate a connection that drops midway.
-    content_length: Option<usize>,
-}
-
-impl Response {
-    fn ok(body: impl Into<Vec<u8>>) -> Response {
-        Response {
-            status: 200,
-            headers: Vec::new(),
-            body: body.into(),
-            content_length: None,
-        }
-    }
-
-    fn status(status: u16, body: &str) -> Response {
-        Response {
-            status,
-            ..Response::ok(body)
-        }
-    }
-
-    fn header(mut self, k: &str, v: &str) -> Response {
-        self.headers.push((k.to_owned(), v.to_owned()));
-        self
-    }
-}
-
-type Handler = dyn Fn(&Request) -> Response + Send + Sync;
-
-/// Serves one connection at a time on 127.0.0.1, closing each after one response. Stops on drop.
-struct FakeRegistry {
-    addr: String,
-    stop: Arc<AtomicBool>,
-    requests: Arc<Mutex<Vec<String>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl FakeRegistry {
-    fn start(handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> FakeRegistry {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let stop = Arc::new(AtomicBool::new(false));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let handler: Arc<Handler> = Arc::new(handler);
-        let thread = {
-            let stop = stop.clone();
-            let requests = requests.clone();
-            std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if let Ok(conn) = conn {
-                        let _ = serve(conn, &*handler, &requests);
-                    }
-                }
-            })
-        };
-        FakeRegistry {
-            addr,
-            stop,
-            requests,
-            thread: Some(thread),
-        }
-    }
-
-    /// Requests seen so far, as `METHOD path`.
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
-
-    fn count(&self, prefix: &str) -> usize {
-        self.requests().iter().filter(|r| r.starts_with(prefix)).count()
-    }
-}
-
-impl Drop for FakeRegistry {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept so the thread sees the flag.
-        let _ = TcpStream::connect(&self.addr);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
-        return Ok(());
-    };
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = h.trim_end().split_once(':') {
-            headers.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
-    }
-    let req = Request {
-        method: method.to_owned(),
-        path: path.to_owned(),
-        headers,
-    };
-    log.lock().unwrap().push(format!("{} {}", req.method, req.path));
-    let resp = handler(&req);
-    let mut out = conn;
-    write!(out, "HTTP/1.1 {} X\r\n", resp.status)?;
-    for (k, v) in &resp.headers {
-        write!(out, "{k}: {v}\r\n")?;
-    }
-    let len = resp.content_length.unwrap_or(resp.body.len());
-    write!(out, "Content-Length: {len}\r\nConnection: close\r\n\r\n")?;
-    if req.method != "HEAD" {
-        out.write_all(&resp.body)?;
-    }
-    out.flush()?;
-    // Closing with unread request bytes would send a reset; shutting down the write side is a clean EOF.
-    out.shutdown(std::net::Shutdown::Write)
-}
-
-/// Answers the `GET /v2/` version check that every oci-client request starts with, then defers to `f`.
-fn registry(f: impl Fn(&Request) -> Response + Send + Sync + 'static) -> FakeRegistry {
-    FakeRegistry::start(move |req| {
-        if req.path == "/v2/" {
-            return Response::ok("{}").header("Content-Type", "application/json");
-        }
-        f(req)
-    })
+fn registry(f: impl Fn(&kiln_testutil::fake::Request) -> Response + Send + Sync + 'static) -> FakeRegistry {
+    FakeRegistry::registry(f)
 }
 
 fn amd64() -> Platform {
@@ -191,7 +34,7 @@ async fn blob_not_matching_its_digest_is_rejected() {
         }
     });
     let tmp = tempfile::tempdir().unwrap();
-    let r = reference(&format!("{}/img:latest", fake.addr));
+    let r = reference(&format!("{}/img:latest", fake.addr()));
     let desc = descriptor(
         "application/vnd.oci.image.layer.v1.tar",
         &sha256(&claimed),
@@ -219,7 +62,7 @@ async fn blob_longer_than_its_descriptor_is_rejected() {
     let body = data.clone();
     let fake = registry(move |_| Response::ok(body.clone()));
     let tmp = tempfile::tempdir().unwrap();
-    let r = reference(&format!("{}/img:latest", fake.addr));
+    let r = reference(&format!("{}/img:latest", fake.addr()));
     let desc = descriptor("application/octet-stream", &sha256(&data[..10]), 10);
     let err = client_with(tmp.path())
         .fetch_blob(&r, &desc, &mut Vec::new())
@@ -244,7 +87,7 @@ async fn truncated_blob_is_retried_once_then_reported() {
         }
     });
     let tmp = tempfile::tempdir().unwrap();
-    let r = reference(&format!("{}/img:latest", fake.addr));
+    let r = reference(&format!("{}/img:latest", fake.addr()));
     let desc = descriptor("application/octet-stream", &sha256(&data), 1000);
     let mut out = Vec::new();
     let err = client_with(tmp.path())
@@ -291,7 +134,7 @@ async fn broken_download_resumes_with_a_range_request() {
         }
     });
     let tmp = tempfile::tempdir().unwrap();
-    let r = reference(&format!("{}/img:latest", fake.addr));
+    let r = reference(&format!("{}/img:latest", fake.addr()));
     let desc = descriptor("application/octet-stream", &sha256(&data), 1000);
     let mut out = Vec::new();
     client_with(tmp.path())
@@ -328,7 +171,7 @@ async fn malformed_manifests_name_the_reference() {
     let tmp = tempfile::tempdir().unwrap();
     let client = client_with(tmp.path());
     for tag in ["json", "shape", "index"] {
-        let r = reference(&format!("{}/bad:{tag}", fake.addr));
+        let r = reference(&format!("{}/bad:{tag}", fake.addr()));
         let err = client.resolve(&r, &amd64()).await.unwrap_err();
         assert!(matches!(err, Error::MalformedManifest { .. }), "{tag}: {err:?}");
         assert!(
@@ -336,12 +179,12 @@ async fn malformed_manifests_name_the_reference() {
             "{tag}: {err}"
         );
     }
-    let r = reference(&format!("{}/bad:v1", fake.addr));
+    let r = reference(&format!("{}/bad:v1", fake.addr()));
     let err = client.resolve(&r, &amd64()).await.unwrap_err();
     assert!(matches!(err, Error::UnsupportedMediaType { .. }), "{err:?}");
     assert!(err.to_string().contains(&r.to_string()), "{err}");
 
-    let r = reference(&format!("{}/bad:missing", fake.addr));
+    let r = reference(&format!("{}/bad:missing", fake.addr()));
     let err = client.resolve(&r, &amd64()).await.unwrap_err();
     assert_eq!(err.to_string(), format!("manifest unknown: {r}"));
 }
@@ -354,7 +197,7 @@ async fn manifest_not_matching_pinned_digest_is_rejected() {
     });
     let tmp = tempfile::tempdir().unwrap();
     let pinned = sha256(b"some other manifest");
-    let r = reference(&format!("{}/img@{pinned}", fake.addr));
+    let r = reference(&format!("{}/img@{pinned}", fake.addr()));
     let err = client_with(tmp.path()).resolve(&r, &amd64()).await.unwrap_err();
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err:?}");
     let msg = err.to_string();
@@ -364,7 +207,7 @@ async fn manifest_not_matching_pinned_digest_is_rejected() {
     );
 
     // The same bytes by tag are fine: nothing pins them.
-    let r = reference(&format!("{}/img:latest", fake.addr));
+    let r = reference(&format!("{}/img:latest", fake.addr()));
     let resolved = client_with(tmp.path()).resolve(&r, &amd64()).await.unwrap();
     assert_eq!(resolved.manifest_digest.to_string(), sha256(body.as_bytes()));
 }
@@ -374,7 +217,7 @@ async fn server_errors_and_refused_connections_are_reported() {
     let fake = registry(|_| Response::status(500, "backend on fire"));
     let tmp = tempfile::tempdir().unwrap();
     let client = client_with(tmp.path());
-    let r = reference(&format!("{}/img:latest", fake.addr));
+    let r = reference(&format!("{}/img:latest", fake.addr()));
     let err = client.resolve(&r, &amd64()).await.unwrap_err();
     let msg = err.to_string();
     assert!(

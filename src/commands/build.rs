@@ -1,19 +1,284 @@
-//! `kiln build`.
+//! `kiln build`: Dockerfile → LLB (per platform) → solve → image in the store.
 
-use super::dockerfile;
+use super::dockerfile::{self, LoadedDockerfile};
+use super::images as image_cmds;
 use crate::cli::{BuildArgs, GlobalArgs};
-use anyhow::bail;
-use kiln_frontend::convert;
+use crate::progress::{self, ProgressMode};
+use anyhow::{Context, bail};
+use kiln_cache::{Digest, Store};
+use kiln_exporter::image::{BaseImage, Built, BuiltImage, ImageOptions, build_image, build_index, tag};
+use kiln_frontend::convert::{self, Converted};
 use kiln_frontend::lint::{self, CheckConfig, LintWarning};
+use kiln_solver::base::BaseImages;
+use kiln_solver::sandbox::Sandbox;
+use kiln_solver::solve::{LayerRef, SolveError, SolveOptions, Solver};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
 
-pub fn run(_global: &GlobalArgs, args: BuildArgs) -> anyhow::Result<ExitCode> {
-    if !args.check {
-        bail!(
-            "building images needs the solver, which this version of kiln does not have yet; `kiln build --check` runs the lint checks"
+pub fn run(global: &GlobalArgs, args: BuildArgs) -> anyhow::Result<ExitCode> {
+    if args.check {
+        return check(&args);
+    }
+    let started = Instant::now();
+    let path = dockerfile::dockerfile_path(&args.dockerfile);
+    let loaded = dockerfile::load(&path)?;
+    let platforms = dockerfile::platforms(&args.dockerfile)?;
+    let labels = key_values(&args.labels, "--label")?;
+    let secrets = secrets(&args.secrets)?;
+    let mut local_dirs = dockerfile::local_dirs(&args.dockerfile)?;
+    let context_dir = std::fs::canonicalize(&args.dockerfile.context)
+        .with_context(|| format!("build context {}", args.dockerfile.context.display()))?;
+    local_dirs.insert(convert::CONTEXT_NAME.to_string(), context_dir);
+
+    let store = image_cmds::open_store(global)?;
+    let lease = store.create_lease()?;
+    let leased = store.with_lease(&lease);
+    let outcome = build(global, &args, &loaded, &platforms, labels, secrets, local_dirs, &leased, started);
+    // Everything the build made is named (tagged) or recorded in the cache by now.
+    if let Err(e) = store.release_lease(&lease) {
+        tracing::warn!("releasing the build's lease: {e}");
+    }
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    global: &GlobalArgs,
+    args: &BuildArgs,
+    loaded: &LoadedDockerfile,
+    platforms: &[kiln_llb::Platform],
+    labels: BTreeMap<String, String>,
+    secrets: HashMap<String, PathBuf>,
+    local_dirs: HashMap<String, PathBuf>,
+    store: &Store,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
+    let runtime = image_cmds::runtime()?;
+    let registry = image_cmds::registry_client(global)?;
+    let bases = Arc::new(BaseImages::new(store.clone(), registry, args.pull, runtime.handle().clone()));
+    let path = dockerfile::dockerfile_path(&args.dockerfile);
+
+    // The frontend asks for base image configs synchronously, so it runs on a blocking thread.
+    let mut converted: Vec<Converted> = Vec::new();
+    for platform in platforms {
+        let mut opts = dockerfile::convert_options(&args.dockerfile, &path, platform)?;
+        opts.no_cache = args.no_cache;
+        opts.no_cache_filter = args.no_cache_filter.clone();
+        let ast = loaded.ast.clone();
+        let resolver = bases.clone();
+        let result = runtime
+            .block_on(runtime.spawn_blocking(move || convert::convert(&ast, &opts, Some(&*resolver))))
+            .context("converting the Dockerfile")?;
+        converted.push(result.map_err(|d| dockerfile::located(d, &loaded.display_name))?);
+    }
+    report_lints(loaded, &converted)?;
+    for unused in converted.first().map(|c| c.unused_build_args.clone()).unwrap_or_default() {
+        eprintln!("WARNING: build-arg {unused:?} was not consumed by any stage that was built");
+    }
+
+    let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let mode = if args.quiet { ProgressMode::Quiet } else { args.progress };
+    let renderer = runtime.spawn(progress::render(mode, receiver));
+    let definitions: Vec<_> = converted.iter().map(|c| c.definition.clone()).collect();
+    let options = SolveOptions {
+        max_parallelism: args
+            .max_parallelism
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        local_dirs,
+        secrets,
+    };
+    let solver = Solver::new(store.clone(), bases, Sandbox::new(), options, Some(events), &definitions);
+    let solved: Result<Vec<Vec<LayerRef>>, SolveError> = runtime.block_on(async {
+        let roots = converted.iter().map(|c| solver.solve(c.definition.root));
+        futures_join(roots).await
+    });
+    solver.save_indexes();
+    let stats = solver.stats();
+    drop(solver);
+    let tally = runtime.block_on(renderer).unwrap_or_default();
+    let solved = match solved {
+        Ok(solved) => solved,
+        Err(e) => {
+            eprintln!("{}", render_solve_error(&e, loaded));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+
+    let opts = ImageOptions { labels, ..ImageOptions::default() };
+    let mut built: Vec<BuiltImage> = Vec::new();
+    for (c, layers) in converted.iter().zip(&solved) {
+        built.push(export(store, c, layers, &opts)?);
+    }
+    let (id, digest, media_type) = match built.as_slice() {
+        [one] => (one.config_digest, one.manifest_digest, one.media_type.clone()),
+        many => {
+            let index = build_index(store, many, opts.oci_mediatypes, &opts.annotations)?;
+            let names: Vec<String> = args.tags.clone();
+            for name in &names {
+                tag(store, name, Built::Index(&index))?;
+            }
+            (index.digest, index.digest, index.media_type.clone())
+        }
+    };
+    let mut names = Vec::new();
+    if let [one] = built.as_slice() {
+        for name in &args.tags {
+            names.push(tag(store, name, Built::Image(one)).with_context(|| format!("tagging {name}"))?);
+        }
+    } else {
+        names = args.tags.clone();
+    }
+    if let Some(file) = &args.iidfile {
+        write_file(file, id.to_string().as_bytes())?;
+    }
+    if let Some(file) = &args.metadata_file {
+        let metadata = serde_json::json!({
+            "containerimage.config.digest": id.to_string(),
+            "containerimage.digest": digest.to_string(),
+            "containerimage.descriptor": { "mediaType": media_type, "digest": digest.to_string() },
+            "image.name": names.join(","),
+        });
+        write_file(file, serde_json::to_string_pretty(&metadata)?.as_bytes())?;
+    }
+    if args.quiet {
+        println!("{id}");
+    } else {
+        let steps = tally.steps.max(stats.ran + stats.cached);
+        eprintln!(
+            "Built {} in {:.1}s ({steps} steps, {} cached){}",
+            short(&id),
+            started.elapsed().as_secs_f64(),
+            tally.cached.max(stats.cached),
+            if names.is_empty() { String::new() } else { format!(": {}", names.join(", ")) }
         );
     }
-    check(&args)
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Result<Vec<Vec<LayerRef>>, SolveError>
+where
+    F: std::future::Future<Output = Result<Vec<LayerRef>, SolveError>>,
+{
+    let mut out = Vec::new();
+    for result in futures::future::join_all(futures).await {
+        out.push(result?);
+    }
+    Ok(out)
+}
+
+/// Writes the image: the base image's blobs as they are, the build's own layers exported from snapshots.
+fn export(store: &Store, c: &Converted, layers: &[LayerRef], opts: &ImageOptions) -> anyhow::Result<BuiltImage> {
+    let base_count = layers.iter().take_while(|l| l.blob.is_some()).count();
+    let base = match layers[..base_count].last().and_then(|l| l.blob.as_ref()) {
+        Some(top) => {
+            let base = BaseImage::from_store(store, &top.manifest)?;
+            if base.layers.len() != base_count {
+                bail!("internal: the base image {} has {} layers, the build found {base_count}", top.manifest, base.layers.len());
+            }
+            base
+        }
+        None => BaseImage::default(),
+    };
+    let snapshots: Vec<_> = layers[base_count..].iter().map(|l| l.snapshot.clone()).collect();
+    Ok(build_image(store, &base, &snapshots, &c.image, &c.platform, opts)?)
+}
+
+fn short(digest: &Digest) -> String {
+    digest.hex().chars().take(12).collect()
+}
+
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn key_values(raw: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    raw.iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("invalid {flag} {kv:?}: write KEY=VALUE"),
+        })
+        .collect()
+}
+
+/// `--secret id=ID,src=FILE` (or `env=VAR`, whose value is written to a private temp file).
+fn secrets(raw: &[String]) -> anyhow::Result<HashMap<String, PathBuf>> {
+    let mut out = HashMap::new();
+    for spec in raw {
+        let fields: HashMap<&str, &str> = spec.split(',').filter_map(|f| f.split_once('=')).collect();
+        let Some(id) = fields.get("id").filter(|i| !i.is_empty()) else {
+            bail!("invalid --secret {spec:?}: write id=ID,src=FILE or id=ID,env=VAR");
+        };
+        let path = if let Some(src) = fields.get("src").or(fields.get("source")) {
+            PathBuf::from(src)
+        } else {
+            let var = fields.get("env").copied().unwrap_or(id);
+            let value = std::env::var(var).with_context(|| format!("--secret {id}: environment variable {var} is not set"))?;
+            let file = std::env::temp_dir().join(format!("kiln-secret-{}-{id}", std::process::id()));
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&file)?;
+            std::io::Write::write_all(&mut f, value.as_bytes())?;
+            file
+        };
+        if !path.is_file() {
+            bail!("--secret {id}: {} is not a file", path.display());
+        }
+        out.insert(id.to_string(), path);
+    }
+    Ok(out)
+}
+
+/// A failed build, the way BuildKit shows it: the step, its last output, the Dockerfile lines, the reason.
+fn render_solve_error(error: &SolveError, loaded: &LoadedDockerfile) -> String {
+    let SolveError::Step { description, lines, message, output_tail, .. } = error else {
+        return format!("error: failed to solve: {error}");
+    };
+    let mut out = String::new();
+    if !output_tail.is_empty() {
+        out.push_str(&format!("------\n > {description}:\n"));
+        for line in output_tail {
+            out.push_str(&format!("{line}\n"));
+        }
+        out.push_str("------\n");
+    }
+    if let Some((start, end)) = lines {
+        out.push_str(&format!("{}:{start}\n--------------------\n", loaded.display_name));
+        let first = start.saturating_sub(2).max(1);
+        for (i, text) in loaded.source.lines().enumerate().skip(first - 1).take(end + 2 - first + 1) {
+            let number = i + 1;
+            let marker = if (*start..=*end).contains(&number) { ">>>" } else { "   " };
+            out.push_str(&format!(" {number:>3} | {marker} {text}\n"));
+        }
+        out.push_str("--------------------\n");
+    }
+    out.push_str(&format!("error: failed to solve: {description}: {message}"));
+    out
+}
+
+fn report_lints(loaded: &LoadedDockerfile, converted: &[Converted]) -> anyhow::Result<()> {
+    let config = CheckConfig::from_dockerfile(&loaded.ast)
+        .map_err(|e| anyhow::anyhow!("{}: invalid check directive: {e}", loaded.display_name))?;
+    let mut warnings = lint::lint(&loaded.ast);
+    for c in converted {
+        warnings.extend(c.lints.iter().cloned());
+    }
+    let warnings = enabled(&config, warnings);
+    for warning in &warnings {
+        eprintln!("WARNING: {}:{warning}", loaded.display_name);
+    }
+    if config.error && !warnings.is_empty() {
+        bail!("{} lint warning(s) and check=error=true", warnings.len());
+    }
+    Ok(())
+}
+
+fn enabled(config: &CheckConfig, mut warnings: Vec<LintWarning>) -> Vec<LintWarning> {
+    warnings.retain(|w| config.enabled(w.rule));
+    warnings.sort_by(|a, b| (a.line, a.rule).cmp(&(b.line, b.rule)));
+    warnings.dedup();
+    warnings
 }
 
 /// `--check`: every lint rule over the Dockerfile and the stages the target needs, then exit.
@@ -25,26 +290,17 @@ fn check(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let mut warnings: Vec<LintWarning> = lint::lint(&loaded.ast);
     for platform in dockerfile::platforms(&args.dockerfile)? {
         let opts = dockerfile::convert_options(&args.dockerfile, &path, &platform)?;
-        let converted = convert::convert(&loaded.ast, &opts, None)
-            .map_err(|d| dockerfile::located(d, &loaded.display_name))?;
+        let converted =
+            convert::convert(&loaded.ast, &opts, None).map_err(|d| dockerfile::located(d, &loaded.display_name))?;
         warnings.extend(converted.lints);
     }
-    warnings.retain(|w| config.enabled(w.rule));
-    warnings.sort_by(|a, b| (a.line, a.rule).cmp(&(b.line, b.rule)));
-    warnings.dedup();
+    let warnings = enabled(&config, warnings);
     for warning in &warnings {
         eprintln!("{}:{warning}", loaded.display_name);
     }
     match warnings.len() {
         0 => eprintln!("Check complete, no warnings found."),
-        n => eprintln!(
-            "Check complete, {n} warning{} found.",
-            if n == 1 { " was" } else { "s were" }
-        ),
+        n => eprintln!("Check complete, {n} warning{} found.", if n == 1 { " was" } else { "s were" }),
     }
-    Ok(if config.error && !warnings.is_empty() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if config.error && !warnings.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

@@ -7,10 +7,13 @@ use kiln_frontend::ast::Dockerfile;
 use kiln_frontend::convert::{ConvertOptions, NamedContext};
 use kiln_frontend::{Diagnostic, dockerignore, parser};
 use kiln_llb::Platform;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub struct LoadedDockerfile {
     pub display_name: String,
+    /// The text, for showing the lines of a failed step.
+    pub source: String,
     pub ast: Dockerfile,
 }
 
@@ -31,7 +34,7 @@ pub fn load(path: &Path) -> anyhow::Result<LoadedDockerfile> {
         )
     })?;
     let ast = parser::parse(&source).map_err(|d| located(d, &display_name))?;
-    Ok(LoadedDockerfile { display_name, ast })
+    Ok(LoadedDockerfile { display_name, source, ast })
 }
 
 /// Attaches the file name to a frontend diagnostic so it prints as `file:line:col`.
@@ -102,6 +105,20 @@ pub fn named_contexts(args: &DockerfileArgs) -> anyhow::Result<Vec<(String, Name
         contexts.push((name.to_string(), context));
     }
     Ok(contexts)
+}
+
+/// The local directories of `--build-context NAME=DIR`, by the LLB source name the frontend gives them.
+pub fn local_dirs(args: &DockerfileArgs) -> anyhow::Result<HashMap<String, PathBuf>> {
+    let mut dirs = HashMap::new();
+    for (name, context) in named_contexts(args)? {
+        if context == NamedContext::Local
+            && let Some((_, value)) = args.build_contexts.iter().find_map(|raw| raw.split_once('=').filter(|(n, _)| *n == name))
+        {
+            let dir = std::fs::canonicalize(value).with_context(|| format!("--build-context {name}={value}"))?;
+            dirs.insert(format!("{}:{name}", kiln_frontend::convert::CONTEXT_NAME), dir);
+        }
+    }
+    Ok(dirs)
 }
 
 /// `DIR[:TAG|@DIGEST]`; the tag defaults to `latest`.

@@ -1,8 +1,13 @@
 //! One module per command group; each turns parsed arguments into calls on the library crates.
 
 mod build;
+mod run;
 mod debug;
 mod dockerfile;
+mod archive;
+mod images;
+mod storage;
+mod transfer;
 
 use crate::cli::{Cli, Command, GlobalArgs};
 use std::path::PathBuf;
@@ -13,6 +18,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(args) => build::run(&cli.global, args),
         Command::Debug(command) => debug::run(command),
+        Command::Run(args) => run::run(&cli.global, args),
+        Command::Pull(args) => transfer::pull(&cli.global, args),
+        Command::Push(args) => transfer::push(&cli.global, args),
+        Command::Login(args) => transfer::login(&cli.global, args),
+        Command::Logout { server } => transfer::logout(&cli.global, server),
+        Command::Images(args) => images::images(&cli.global, args),
+        Command::Tag { source, target } => images::tag(&cli.global, &source, &target),
+        Command::Rmi(args) => images::rmi(&cli.global, args),
+        Command::Inspect { images: names } => images::inspect(&cli.global, &names),
+        Command::Load(args) => archive::load(&cli.global, args),
+        Command::Save(args) => archive::save(&cli.global, args),
+        Command::Prune(args) => storage::prune(&cli.global, args),
+        Command::Du { verbose } => storage::du(&cli.global, verbose),
     }
 }
 

@@ -20,6 +20,7 @@ const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// What [`busybox_oci_layout`] wrote: an OCI image layout holding one single-layer image tagged `latest`.
 #[derive(Clone, Debug)]
@@ -129,7 +130,7 @@ pub fn busybox_oci_layout_from(dir: &Path, arch: &str, busybox: &Path) -> io::Re
     });
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "mediaType": MEDIA_INDEX,
         "manifests": [desc],
     }))?;
 
@@ -158,6 +159,72 @@ pub fn busybox_oci_layout_from(dir: &Path, arch: &str, busybox: &Path) -> io::Re
         layer_size: layer.len() as u64,
         layer_digest,
         diff_id,
+    })
+}
+
+/// What [`busybox_index_layout`] wrote: an OCI image layout whose `latest` is an image index with one busybox
+/// image per architecture.
+#[derive(Clone, Debug)]
+pub struct IndexLayout {
+    pub dir: PathBuf,
+    pub index_digest: String,
+    pub index: Vec<u8>,
+    /// One image per architecture, in the order asked for (their blobs live in `dir` too).
+    pub images: Vec<OciLayout>,
+}
+
+impl IndexLayout {
+    /// `oci:DIR:latest`; copy it with `skopeo copy --all` to keep the index.
+    pub fn skopeo_ref(&self) -> String {
+        format!("oci:{}:latest", self.dir.display())
+    }
+}
+
+/// Builds a multi-platform busybox image in `dir`: an image index over [`busybox_oci_layout`] images for
+/// `arches`. Every image holds the host's binary (see there), so they differ in their configs only.
+pub fn busybox_index_layout(dir: &Path, arches: &[&str]) -> io::Result<IndexLayout> {
+    let mut images = Vec::new();
+    let mut entries = Vec::new();
+    for arch in arches {
+        let image = busybox_oci_layout(dir, arch)?;
+        let mut platform = serde_json::json!({ "architecture": arch, "os": "linux" });
+        if let Some(variant) = default_variant(arch) {
+            platform["variant"] = variant.into();
+        }
+        entries.push(serde_json::json!({
+            "mediaType": MEDIA_MANIFEST,
+            "digest": image.manifest_digest,
+            "size": image.manifest_size,
+            "platform": platform,
+        }));
+        images.push(image);
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_INDEX,
+        "manifests": entries,
+    }))?;
+    let index_digest = sha256_digest(&index);
+    fs::write(
+        dir.join("blobs").join("sha256").join(index_digest.trim_start_matches("sha256:")),
+        &index,
+    )?;
+    let top = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_INDEX,
+        "manifests": [{
+            "mediaType": MEDIA_INDEX,
+            "digest": index_digest,
+            "size": index.len(),
+            "annotations": { "org.opencontainers.image.ref.name": "latest" },
+        }],
+    }))?;
+    fs::write(dir.join("index.json"), top)?;
+    Ok(IndexLayout {
+        dir: dir.to_path_buf(),
+        index_digest,
+        index,
+        images,
     })
 }
 

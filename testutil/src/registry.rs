@@ -22,12 +22,31 @@ pub struct Registry {
 impl Registry {
     /// Starts an anonymous registry (no auth).
     pub fn start() -> Registry {
-        Self::start_inner(None)
+        Self::start_inner(None, false)
     }
 
     /// Starts a registry that demands HTTP Basic auth with exactly these credentials (htpasswd, bcrypt).
     pub fn start_with_htpasswd(user: &str, pass: &str) -> Registry {
-        Self::start_inner(Some((user, pass)))
+        Self::start_inner(Some((user, pass)), false)
+    }
+
+    /// Starts an anonymous registry that writes an access log line per request (see
+    /// [`Registry::requests`]), so a test can count what a client fetched.
+    pub fn start_with_access_log() -> Registry {
+        Self::start_inner(None, true)
+    }
+
+    /// With [`Registry::start_with_access_log`]: the requests served so far, as `METHOD path`.
+    pub fn requests(&self) -> Vec<String> {
+        let log = fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
+        // Combined log format: `ADDR - - [DATE] "METHOD PATH HTTP/1.1" STATUS SIZE "REFERER" "AGENT"`.
+        log.lines()
+            .filter_map(|line| {
+                let request = line.split('"').nth(1)?;
+                let mut parts = request.split_whitespace();
+                Some(format!("{} {}", parts.next()?, parts.next()?))
+            })
+            .collect()
     }
 
     /// `127.0.0.1:PORT`, usable as the registry part of an image reference.
@@ -50,7 +69,7 @@ impl Registry {
         self.dir.path().join("storage")
     }
 
-    fn start_inner(auth: Option<(&str, &str)>) -> Registry {
+    fn start_inner(auth: Option<(&str, &str)>, access_log: bool) -> Registry {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} not found: install it with `apt-get install docker-registry`"
@@ -72,7 +91,7 @@ impl Registry {
             let port = free_port();
             let addr = format!("127.0.0.1:{port}");
             let config = dir.path().join("config.yml");
-            fs::write(&config, config_yml(dir.path(), &addr, htpasswd.as_deref()))
+            fs::write(&config, config_yml(dir.path(), &addr, htpasswd.as_deref(), access_log))
                 .expect("write docker-registry config");
             let log_path = dir.path().join("registry.log");
             let log = fs::File::create(&log_path).expect("create registry log");
@@ -115,15 +134,16 @@ fn free_port() -> u16 {
         .expect("bind an ephemeral port on 127.0.0.1")
 }
 
-fn config_yml(dir: &Path, addr: &str, htpasswd: Option<&Path>) -> String {
+fn config_yml(dir: &Path, addr: &str, htpasswd: Option<&Path>, access_log: bool) -> String {
     let storage = dir.join("storage");
     let mut yml = format!(
         "version: 0.1\n\
-         log:\n  level: error\n  accesslog:\n    disabled: true\n\
+         log:\n  level: error\n  accesslog:\n    disabled: {disabled}\n\
          storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
          \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
          http:\n  addr: {addr}\n  secret: kiln-testutil\n",
         storage = storage.display(),
+        disabled = !access_log,
     );
     if let Some(path) = htpasswd {
         yml.push_str(&format!(
@@ -186,11 +206,11 @@ mod tests {
 
     #[test]
     fn config_includes_auth_only_when_asked() {
-        let plain = config_yml(Path::new("/x"), "127.0.0.1:1", None);
+        let plain = config_yml(Path::new("/x"), "127.0.0.1:1", None, false);
         assert!(plain.contains("addr: 127.0.0.1:1"));
         assert!(plain.contains("rootdirectory: /x/storage"));
         assert!(!plain.contains("htpasswd"));
-        let auth = config_yml(Path::new("/x"), "127.0.0.1:1", Some(Path::new("/x/h")));
+        let auth = config_yml(Path::new("/x"), "127.0.0.1:1", Some(Path::new("/x/h")), false);
         assert!(auth.contains("path: /x/h"));
     }
 }

@@ -1,0 +1,45 @@
+use std::io;
+
+/// What reading, pushing or saving stored images can fail with. Store and registry errors pass through as
+/// they are: they already name the blob, reference or registry involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no such image: {0}")]
+    NoSuchImage(String),
+
+    #[error("image ID prefix {prefix:?} is ambiguous: it matches {matches}")]
+    AmbiguousId { prefix: String, matches: String },
+
+    /// Stored content that is not what its record says (a manifest that does not parse, a missing layer).
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+
+    #[error(transparent)]
+    Store(#[from] kiln_cache::Error),
+
+    #[error(transparent)]
+    Registry(#[from] kiln_registry::Error),
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Invalid {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}

@@ -1,0 +1,204 @@
+//! Base images of a build (`FROM`, `COPY --from=image`, named contexts): each reference is resolved once per
+//! build and platform — in the local store first, as `docker build` does, else from its registry (or always
+//! from the registry with `--pull`) — and the same answer serves the frontend (the image config, for ENV and
+//! WORKDIR expansion and ONBUILD), the cache keys (the manifest digest) and the run (the layers).
+
+use crate::images::{self, ResolvedImage};
+use crate::solve::LayerRef;
+use kiln_cache::{Digest, Store};
+use kiln_frontend::convert::ImageResolver;
+use kiln_llb::Platform;
+use kiln_llb::image::ImageInfo;
+use kiln_registry::{Reference, RegistryClient};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
+
+/// A layer blob of a base image, so an export can reuse it as is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub digest: Digest,
+    pub media_type: String,
+    pub diff_id: Digest,
+    /// The manifest of the image the layer belongs to, whose config holds the layer's history.
+    pub manifest: Digest,
+}
+
+/// A resolved base image for one platform.
+#[derive(Debug, Clone)]
+pub struct BaseImage {
+    /// What cache keys use: the manifest digest.
+    pub manifest_digest: String,
+    pub info: ImageInfo,
+    image: ResolvedImage,
+}
+
+type Cell = Arc<OnceCell<Result<Arc<BaseImage>, String>>>;
+
+pub struct BaseImages {
+    store: Store,
+    registry: RegistryClient,
+    pull: bool,
+    runtime: tokio::runtime::Handle,
+    resolved: Mutex<HashMap<(String, Platform), Cell>>,
+}
+
+impl BaseImages {
+    /// `runtime` runs resolutions asked for by the (synchronous) frontend.
+    pub fn new(store: Store, registry: RegistryClient, pull: bool, runtime: tokio::runtime::Handle) -> Self {
+        BaseImages { store, registry, pull, runtime, resolved: Mutex::new(HashMap::new()) }
+    }
+
+    fn cell(&self, key: (String, Platform)) -> Result<Cell, String> {
+        let mut resolved = self.resolved.lock().map_err(|_| "base image table poisoned".to_string())?;
+        Ok(resolved.entry(key).or_default().clone())
+    }
+
+    pub async fn resolve(&self, reference: &str, platform: &Platform) -> Result<Arc<BaseImage>, String> {
+        let cell = self.cell((reference.to_string(), platform.clone()))?;
+        cell.get_or_init(|| async {
+            let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
+            let wanted = registry_platform(platform);
+            let image = images::resolve_for_build(&self.store, &self.registry, &parsed, &wanted, self.pull)
+                .await
+                .map_err(|e| e.to_string())?;
+            base_image(image)
+        })
+        .await
+        .clone()
+    }
+
+    /// An image from an OCI layout directory (`--build-context name=oci-layout://DIR:TAG`): loaded into the
+    /// store, then resolved like any stored image.
+    pub async fn resolve_layout(&self, dir: &Path, reference: &str, platform: &Platform) -> Result<Arc<BaseImage>, String> {
+        let key = (format!("oci-layout://{}@{reference}", dir.display()), platform.clone());
+        let cell = self.cell(key)?;
+        cell.get_or_init(|| async {
+            let store = self.store.clone();
+            let dir = dir.to_path_buf();
+            let reference = reference.to_string();
+            let wanted = registry_platform(platform);
+            tokio::task::spawn_blocking(move || {
+                let loaded = images::load_archive(&store, &dir).map_err(|e| e.to_string())?;
+                // The layout's own tag or digest picks the image; a layout of one image needs neither.
+                let tagged = format!(":{reference}");
+                let chosen = loaded
+                    .iter()
+                    .find(|l| l.names.iter().any(|n| n.ends_with(&tagged)))
+                    .or_else(|| loaded.iter().find(|l| l.digest.to_string() == reference))
+                    .or_else(|| (loaded.len() == 1).then(|| &loaded[0]))
+                    .ok_or_else(|| format!("the OCI layout {} holds no image {reference}", dir.display()))?;
+                let name = chosen.names.first().cloned().unwrap_or_else(|| kiln_exporter::stored::unnamed(&chosen.id));
+                let image = images::local_image(&store, &name, &wanted)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("the OCI layout {} has no image for {wanted}", dir.display()))?;
+                base_image(image)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+        .await
+        .clone()
+    }
+
+    /// The base image's layers as snapshots (unpacked on first use), with the blobs they came from.
+    pub async fn materialize(&self, base: &BaseImage) -> Result<Vec<LayerRef>, String> {
+        let store = self.store.clone();
+        let image = base.image.clone();
+        tokio::task::spawn_blocking(move || {
+            let snapshots = images::materialize(&store, &image).map_err(|e| e.to_string())?;
+            Ok(snapshots
+                .into_iter()
+                .zip(image.layers.iter().zip(&image.diff_ids))
+                .map(|(snapshot, ((digest, media_type), diff_id))| LayerRef {
+                    snapshot,
+                    blob: Some(BlobRef {
+                        digest: *digest,
+                        media_type: media_type.clone(),
+                        diff_id: *diff_id,
+                        manifest: image.manifest_digest,
+                    }),
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
+impl ImageResolver for BaseImages {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<Option<ImageInfo>, String> {
+        // The frontend is synchronous and runs on a blocking thread, so it can wait for the runtime here.
+        let base = self.runtime.block_on(BaseImages::resolve(self, reference, platform))?;
+        Ok(Some(base.info.clone()))
+    }
+}
+
+fn registry_platform(platform: &Platform) -> kiln_registry::Platform {
+    kiln_registry::Platform::new(&platform.os, &platform.architecture, platform.variant.as_deref())
+}
+
+fn base_image(image: ResolvedImage) -> Result<Arc<BaseImage>, String> {
+    let mut info = image_info_from_config(&image.config).map_err(|e| format!("image {}: {e}", image.name))?;
+    // The base's history stays with the base's layers (the exporter copies it verbatim); the build's image
+    // history starts with the build's own instructions.
+    info.history.clear();
+    Ok(Arc::new(BaseImage { manifest_digest: image.manifest_digest.to_string(), info, image }))
+}
+
+/// Reads what a build inherits from a base image's config: docker's field names, absent fields empty.
+pub fn image_info_from_config(bytes: &[u8]) -> Result<ImageInfo, String> {
+    use kiln_llb::image::{HealthConfig, History};
+    let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("invalid config JSON: {e}"))?;
+    let config = &json["config"];
+    let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
+        v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+    };
+    let keys = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut info = ImageInfo::default();
+    let c = &mut info.config;
+    c.user = text(&config["User"]);
+    c.exposed_ports = keys(&config["ExposedPorts"]);
+    c.env = strings(&config["Env"]).unwrap_or_default();
+    c.entrypoint = strings(&config["Entrypoint"]);
+    c.cmd = strings(&config["Cmd"]);
+    c.volumes = keys(&config["Volumes"]);
+    c.working_dir = text(&config["WorkingDir"]);
+    c.labels = config["Labels"]
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+        .unwrap_or_default();
+    c.stop_signal = config["StopSignal"].as_str().map(str::to_string);
+    c.on_build = strings(&config["OnBuild"]).unwrap_or_default();
+    c.shell = strings(&config["Shell"]);
+    if let Some(health) = config["Healthcheck"].as_object() {
+        let nanos = |key: &str| health.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        c.healthcheck = Some(HealthConfig {
+            test: health.get("Test").and_then(strings).unwrap_or_default(),
+            interval: nanos("Interval"),
+            timeout: nanos("Timeout"),
+            start_period: nanos("StartPeriod"),
+            start_interval: nanos("StartInterval"),
+            retries: nanos("Retries"),
+        });
+    }
+    info.history = json["history"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|h| History {
+                    created_by: text(&h["created_by"]),
+                    comment: text(&h["comment"]),
+                    empty_layer: h["empty_layer"].as_bool().unwrap_or(false),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(info)
+}

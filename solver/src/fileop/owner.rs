@@ -1,0 +1,85 @@
+//! `--chown` (and the owner of mkdir/mkfile) resolved the way BuildKit's file backend does: names against the
+//! target tree's /etc/passwd and /etc/group, read inside that tree; numeric ids as they are; a numeric user
+//! without a group gets the same number as gid, a named one its primary group.
+//!
+//! One deliberate difference: BuildKit silently uses 0 for a name it cannot find, which turns a typo into
+//! root-owned files; here that is an error (except for `root`, which a tree without /etc/passwd still means).
+
+use std::io::Read;
+
+use kiln_llb::Owner;
+use rustix::fs::{FileType, OFlags};
+
+use super::FileOpError;
+use super::root::{Root, is_not_found};
+
+const PASSWD: &str = "/etc/passwd";
+const GROUP: &str = "/etc/group";
+
+/// The (uid, gid) that `owner` names in `target`.
+pub(super) fn resolve(target: &Root, owner: &Owner) -> Result<(u32, u32), FileOpError> {
+    let (uid, mut gid) = match owner.user.parse::<u32>() {
+        Ok(id) => (id, id),
+        Err(_) => lookup(target, PASSWD, &owner.user, 2, 3)?
+            .or_else(|| (owner.user == "root").then_some((0, 0)))
+            .ok_or_else(|| FileOpError::UnknownUser {
+                name: owner.user.clone(),
+            })?,
+    };
+    if let Some(group) = &owner.group {
+        gid = match group.parse::<u32>() {
+            Ok(id) => id,
+            Err(_) => lookup(target, GROUP, group, 2, 2)?
+                .map(|(gid, _)| gid)
+                .or_else(|| (group == "root").then_some(0))
+                .ok_or_else(|| FileOpError::UnknownGroup { name: group.clone() })?,
+        };
+    }
+    Ok((uid, gid))
+}
+
+/// Finds `name` in the colon-separated database `file` of the target and returns its fields `first` and
+/// `second` as ids. Lines whose ids do not parse define nobody, so a malformed line cannot make a user root.
+fn lookup(
+    target: &Root,
+    file: &str,
+    name: &str,
+    first: usize,
+    second: usize,
+) -> Result<Option<(u32, u32)>, FileOpError> {
+    let Some(text) = read_small_file(target, file)? else {
+        return Ok(None);
+    };
+    Ok(text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.trim().split(':').collect();
+        if fields.first() != Some(&name) {
+            return None;
+        }
+        Some((
+            fields.get(first)?.parse().ok()?,
+            fields.get(second)?.parse().ok()?,
+        ))
+    }))
+}
+
+/// Reads a file of the target, resolved inside it; `None` when it does not exist or is not a regular file.
+fn read_small_file(target: &Root, path: &str) -> Result<Option<String>, FileOpError> {
+    let fail = |source| FileOpError::Io {
+        op: "read",
+        path: path.to_string(),
+        source,
+    };
+    let rel = target.resolve(path.as_bytes(), true).map_err(fail)?;
+    let fd = match target.open(&rel, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, 0) {
+        Ok(fd) => fd,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(fail(e)),
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| fail(e.into()))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd).read_to_end(&mut bytes).map_err(fail)?;
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+}

@@ -1,0 +1,163 @@
+//! What kiln and the helper processes say to each other: the request (spec pipe, kiln → helper) and the
+//! reports (status pipe, helper/init/command → kiln, one JSON object per line).
+
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+
+use rustix::io::Errno;
+use serde::{Deserialize, Serialize};
+
+use super::{SandboxError, SandboxSpec};
+
+/// Everything the helper needs; the generated files were written by kiln so the helper does no host I/O
+/// besides mounting.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct HelperRequest {
+    pub spec: SandboxSpec,
+    /// An empty host directory the rootfs overlay is mounted on (in the helper's private mount namespace).
+    pub rootfs: PathBuf,
+    /// An empty host directory, the lower layer of an overlay without lower dirs.
+    pub empty_dir: PathBuf,
+    pub hosts: PathBuf,
+    pub resolv_conf: PathBuf,
+    pub hostname_file: PathBuf,
+    pub hostname: String,
+    /// `run_attached`: stay in kiln's session so the command can use the terminal.
+    pub attached: bool,
+    /// kiln's pid, to notice if kiln died before the helper armed PR_SET_PDEATHSIG.
+    pub parent_pid: i32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Report {
+    /// Mount-point stubs the sandbox created in the upper dir, for kiln to remove after the run.
+    Stubs(Vec<Stub>),
+    Exit {
+        code: i32,
+        signal: Option<i32>,
+    },
+    Error(ChildError),
+}
+
+/// A failure inside the sandbox, sent to kiln instead of a bare exit code.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ChildError {
+    InvalidSpec(String),
+    Setup { step: String, message: String },
+    UserNotFound { user: String },
+    GroupNotFound { group: String },
+    ExecutableNotFound { name: String, path: String },
+    Exec { path: String, message: String },
+}
+
+impl ChildError {
+    pub fn errno(step: impl Into<String>, errno: Errno) -> Self {
+        Self::Setup {
+            step: step.into(),
+            message: describe_errno(errno),
+        }
+    }
+
+    pub fn setup(step: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Setup {
+            step: step.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ChildError> for SandboxError {
+    fn from(e: ChildError) -> Self {
+        match e {
+            ChildError::InvalidSpec(m) => SandboxError::InvalidSpec(m),
+            ChildError::Setup { step, message } => SandboxError::Setup { step, message },
+            ChildError::UserNotFound { user } => SandboxError::UserNotFound { user },
+            ChildError::GroupNotFound { group } => SandboxError::GroupNotFound { group },
+            ChildError::ExecutableNotFound { name, path } => SandboxError::ExecutableNotFound { name, path },
+            ChildError::Exec { path, message } => SandboxError::Exec { path, message },
+        }
+    }
+}
+
+/// A mount-point stub, as it was in the upper dir right before the command started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Stub {
+    /// Relative to the upper dir, components joined by `/`; bytes because image paths need not be UTF-8.
+    pub path: Vec<u8>,
+    pub kind: StubKind,
+    pub ino: u64,
+    pub ctime: (i64, i64),
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum StubKind {
+    /// An empty file the sandbox created as a mount point.
+    File,
+    /// A directory the sandbox created as (or on the way to) a mount point.
+    Dir,
+    /// A directory of a lower layer that overlayfs copied up only because a stub was created inside it.
+    CopiedUp,
+}
+
+/// Writes one report line. Best effort: if kiln is gone there is nobody to tell.
+pub(crate) fn send(status: BorrowedFd<'_>, report: &Report) {
+    let Ok(mut line) = serde_json::to_vec(report) else {
+        return;
+    };
+    line.push(b'\n');
+    let mut rest = &line[..];
+    while !rest.is_empty() {
+        match rustix::io::write(status, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// "EINVAL: Invalid argument" — the symbolic name is what people search for, the text is what they read.
+pub(crate) fn describe_errno(errno: Errno) -> String {
+    let text = std::io::Error::from_raw_os_error(errno.raw_os_error()).to_string();
+    // std appends " (os error N)", which adds nothing next to the name.
+    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+    match errno_name(errno) {
+        Some(name) => format!("{name}: {text}"),
+        None => text,
+    }
+}
+
+fn errno_name(errno: Errno) -> Option<&'static str> {
+    Some(match errno {
+        Errno::PERM => "EPERM",
+        Errno::NOENT => "ENOENT",
+        Errno::INTR => "EINTR",
+        Errno::IO => "EIO",
+        Errno::TOOBIG => "E2BIG",
+        Errno::NOEXEC => "ENOEXEC",
+        Errno::BADF => "EBADF",
+        Errno::NOMEM => "ENOMEM",
+        Errno::ACCESS => "EACCES",
+        Errno::FAULT => "EFAULT",
+        Errno::BUSY => "EBUSY",
+        Errno::EXIST => "EEXIST",
+        Errno::XDEV => "EXDEV",
+        Errno::NODEV => "ENODEV",
+        Errno::NOTDIR => "ENOTDIR",
+        Errno::ISDIR => "EISDIR",
+        Errno::INVAL => "EINVAL",
+        Errno::MFILE => "EMFILE",
+        Errno::TXTBSY => "ETXTBSY",
+        Errno::NOSPC => "ENOSPC",
+        Errno::ROFS => "EROFS",
+        Errno::NAMETOOLONG => "ENAMETOOLONG",
+        Errno::NOSYS => "ENOSYS",
+        Errno::NOTEMPTY => "ENOTEMPTY",
+        Errno::LOOP => "ELOOP",
+        Errno::OPNOTSUPP => "EOPNOTSUPP",
+        Errno::STALE => "ESTALE",
+        _ => return None,
+    })
+}

@@ -1,0 +1,834 @@
+//! The RUN sandbox, for real: namespaces, overlayfs, pivot_root. Needs root (CI runs the tests as root); as
+//! another user every test prints a note and passes without running. The rootfs is made from the host's
+//! busybox-static.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use kiln_solver::sandbox::{
+    Network, OutputStream, RunStatus, Sandbox, SandboxError, SandboxMount, SandboxSpec, check_emulation,
+};
+
+const BUSYBOX: &str = "/bin/busybox";
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "ls", "id", "hostname", "rm", "mkdir", "touch", "sleep", "uname", "ip", "env",
+    "pwd", "wc", "kill", "grep", "stat", "test", "true", "mount", "head", "sort",
+];
+/// No test command takes more than a second or two; this only keeps a broken sandbox from hanging CI.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+struct TempDir(PathBuf);
+
+/// Where fixtures go: the temp dir, unless that is itself an overlayfs (tests running inside a container),
+/// which cannot hold an overlay's upper dir; /dev/shm (tmpfs) can.
+fn test_base() -> PathBuf {
+    const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
+    let base = std::env::temp_dir();
+    match rustix::fs::statfs(&base) {
+        Ok(fs) if u64::try_from(fs.f_type) == Ok(OVERLAYFS_SUPER_MAGIC) => PathBuf::from("/dev/shm"),
+        _ => base,
+    }
+}
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = test_base().join(format!("kiln-sandbox-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating the test's temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn is_root() -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("note: skipping a sandbox test: namespaces and overlayfs need root");
+    false
+}
+
+/// A busybox rootfs in `dir`. No /proc, /dev, /sys or /etc/hosts: the sandbox must create (and afterwards
+/// remove) those mount points itself.
+fn busybox_rootfs(dir: &Path) {
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::copy(BUSYBOX, dir.join("bin/busybox")).expect("this test needs busybox-static at /bin/busybox");
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\n\
+         nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n\
+         app:x:1000:1000:app:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\napp:x:1000:\nextra:x:2000:app\nnogroup:x:65534:\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("etc/lowerfile"), "from the lower dir\n").unwrap();
+}
+
+struct Fixture {
+    tmp: TempDir,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        let tmp = TempDir::new(name);
+        busybox_rootfs(&tmp.0.join("lower"));
+        for d in ["upper", "work"] {
+            std::fs::create_dir(tmp.0.join(d)).unwrap();
+        }
+        Self { tmp }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.0.join(name)
+    }
+
+    fn upper(&self) -> PathBuf {
+        self.path("upper")
+    }
+
+    fn spec(&self, script: &str) -> SandboxSpec {
+        SandboxSpec {
+            lower_dirs: vec![self.path("lower")],
+            upper_dir: self.upper(),
+            work_dir: self.path("work"),
+            args: vec!["sh".into(), "-c".into(), script.into()],
+            env: vec!["PATH=/bin".into()],
+            ..Default::default()
+        }
+    }
+
+    /// Everything in the upper dir, relative paths.
+    fn upper_entries(&self) -> BTreeSet<String> {
+        fn walk(base: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                let path = entry.path();
+                out.insert(path.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+                if entry.file_type().unwrap().is_dir() {
+                    walk(base, &path, out);
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        walk(&self.upper(), &self.upper(), &mut out);
+        out
+    }
+}
+
+struct Output {
+    status: RunStatus,
+    stdout: String,
+    stderr: String,
+}
+
+fn sandbox() -> Sandbox {
+    Sandbox::with_helper(env!("CARGO_BIN_EXE_kiln-sandbox-test-helper"))
+}
+
+/// Runs with a deadline, on another thread (the sandbox call itself blocks until the command is done).
+fn try_run(spec: &SandboxSpec) -> Result<Output, SandboxError> {
+    let spec = spec.clone();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let result = sandbox().run(&spec, &mut |stream, chunk| match stream {
+            OutputStream::Stdout => stdout.extend_from_slice(chunk),
+            OutputStream::Stderr => stderr.extend_from_slice(chunk),
+        });
+        let _ = tx.send(result.map(|status| Output {
+            status,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }));
+    });
+    rx.recv_timeout(TIMEOUT)
+        .expect("the sandbox did not finish in time")
+}
+
+fn run(spec: &SandboxSpec) -> Output {
+    let out = try_run(spec).unwrap_or_else(|e| panic!("sandbox failed: {e}"));
+    assert!(
+        out.status.success(),
+        "command failed with {:?}; stdout {:?} stderr {:?}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    out
+}
+
+#[test]
+fn output_and_exit_codes() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("exit");
+    let out = run(&fx.spec("echo hello; echo oops >&2"));
+    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("hello\n", "oops\n"));
+    assert_eq!(
+        out.status,
+        RunStatus {
+            code: 0,
+            signal: None
+        }
+    );
+
+    let out = try_run(&fx.spec("echo partial; exit 3")).unwrap();
+    assert_eq!(
+        out.status,
+        RunStatus {
+            code: 3,
+            signal: None
+        }
+    );
+    assert_eq!(out.stdout, "partial\n");
+
+    // A child killed by a signal (PID 1 itself ignores signals it has no handler for, as in docker build).
+    let out = try_run(&fx.spec("sh -c 'kill -9 $$'; echo \"status $?\"")).unwrap();
+    assert_eq!(out.stdout, "status 137\n");
+    let out = try_run(&fx.spec("kill -9 $$")).unwrap();
+    assert_eq!(
+        out.status,
+        RunStatus {
+            code: 0,
+            signal: None
+        },
+        "PID 1 cannot be killed from inside"
+    );
+}
+
+#[test]
+fn command_is_pid_1_and_init_mode_reaps_and_reports_signals() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("pid1");
+    assert_eq!(run(&fx.spec("echo $$")).stdout, "1\n");
+
+    let mut spec = fx.spec("echo $$; kill -TERM $$; sleep 5");
+    spec.init = true;
+    let out = try_run(&spec).unwrap();
+    assert_eq!(out.stdout, "2\n");
+    assert_eq!(
+        out.status,
+        RunStatus {
+            code: 128 + 15,
+            signal: Some(15)
+        }
+    );
+
+    // An orphan is reaped by init rather than left a zombie.
+    let mut spec = fx.spec("sh -c 'sleep 0.2 & exit 0'; sleep 1; grep -l zombie /proc/[0-9]*/status | wc -l");
+    spec.init = true;
+    assert_eq!(run(&spec).stdout.trim(), "0");
+}
+
+/// The helper kiln spawned (a child of this test process) for the sandbox whose command line has `marker`.
+fn helper_running(marker: &str) -> Option<rustix::process::Pid> {
+    let ppid = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(mut pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(marker) {
+            continue;
+        }
+        while let Some(parent) = ppid(pid) {
+            if parent == std::process::id() {
+                return rustix::process::Pid::from_raw(pid as i32);
+            }
+            if parent <= 1 {
+                break;
+            }
+            pid = parent;
+        }
+    }
+    None
+}
+
+#[test]
+fn signals_from_kiln_reach_the_command() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("signals");
+    for init in [false, true] {
+        let marker = format!("kiln-signal-test-{init}");
+        let mut spec = fx.spec(&format!(
+            "trap 'echo got TERM; exit 5' TERM; : {marker}; echo ready; sleep 30 & wait"
+        ));
+        spec.init = init;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut stdout = String::new();
+            let result = sandbox().run(&spec, &mut |_, chunk| {
+                stdout.push_str(&String::from_utf8_lossy(chunk));
+                if String::from_utf8_lossy(chunk).contains("ready") {
+                    let helper = helper_running(&marker).expect("the sandbox helper is running");
+                    rustix::process::kill_process(helper, rustix::process::Signal::TERM).unwrap();
+                }
+            });
+            let _ = tx.send((result.map_err(|e| e.to_string()), stdout));
+        });
+        let (result, stdout) = rx
+            .recv_timeout(TIMEOUT)
+            .expect("the sandbox did not finish in time");
+        assert_eq!(
+            result,
+            Ok(RunStatus {
+                code: 5,
+                signal: None
+            }),
+            "init: {init}"
+        );
+        assert_eq!(stdout, "ready\ngot TERM\n", "init: {init}");
+    }
+}
+
+#[test]
+fn the_sandbox_dies_with_kiln() {
+    if !is_root() {
+        return;
+    }
+    use std::io::BufRead;
+    let fx = Fixture::new("orphan");
+    for (init, user) in [(false, "nobody"), (true, "")] {
+        let marker = format!("kiln-orphan-test-{init}");
+        let mut spec = fx.spec(&format!(": {marker}; echo ready; sleep 30; echo survived"));
+        spec.init = init;
+        spec.user = user.into();
+        let spec_file = fx.path("spec.json");
+        std::fs::write(&spec_file, serde_json::to_vec(&spec).unwrap()).unwrap();
+        // A stand-in for kiln, running the sandbox with its own binary as the helper.
+        let mut kiln = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-sandbox-test-helper"))
+            .arg("run-spec")
+            .arg(&spec_file)
+            // Killed, it cannot remove its scratch dir: keep that inside the fixture.
+            .env("TMPDIR", &fx.tmp.0)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(kiln.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert_eq!(first, "ready\n");
+        kiln.kill().unwrap();
+        kiln.wait().unwrap();
+        let running = || {
+            std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&cmdline).contains(&marker)
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !running(),
+            "the sandbox outlived kiln (init: {init}, user: {user:?})"
+        );
+    }
+}
+
+#[test]
+fn attached_run_returns_the_exit_code() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("attached");
+    let spec = fx.spec("echo attached > /out; exit 7");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(sandbox().run_attached(&spec).map_err(|e| e.to_string()));
+    });
+    assert_eq!(
+        rx.recv_timeout(TIMEOUT)
+            .expect("the sandbox did not finish in time"),
+        Ok(7)
+    );
+    assert_eq!(
+        std::fs::read_to_string(fx.upper().join("out")).unwrap(),
+        "attached\n"
+    );
+    assert_eq!(fx.upper_entries(), BTreeSet::from(["out".to_string()]));
+}
+
+#[test]
+fn hostname_devices_proc() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("basics");
+    let out = run(&fx.spec("hostname; cat /etc/hostname"));
+    assert_eq!(out.stdout, "buildkitsandbox\nbuildkitsandbox\n");
+    let mut spec = fx.spec("hostname; grep myhost /etc/hosts");
+    spec.hostname = "myhost".into();
+    spec.extra_hosts = vec!["db:10.0.0.7".into(), "v6:fd00::1".into()];
+    let out = run(&spec);
+    assert_eq!(out.stdout, "myhost\n127.0.0.1\tlocalhost myhost\n");
+    let out = run(&{
+        let mut s = spec.clone();
+        s.args[2] = "cat /etc/hosts".into();
+        s
+    });
+    assert!(
+        out.stdout.contains("10.0.0.7\tdb\n") && out.stdout.contains("fd00::1\tv6\n"),
+        "{}",
+        out.stdout
+    );
+
+    let out = run(&fx.spec(
+        "echo x > /dev/null && head -c 4 /dev/zero | wc -c && head -c 16 /dev/urandom | wc -c \
+         && head -c 3 /dev/random | wc -c && test -c /dev/full && test -c /dev/tty && test -d /dev/pts \
+         && test -d /dev/shm && test -L /dev/ptmx && echo ok",
+    ));
+    assert_eq!(out.stdout, "4\n16\n3\nok\n");
+    let out = run(&fx.spec(
+        "cat /proc/self/stat | wc -l; ls /proc/1/ns >/dev/null && echo proc; test -d /sys/kernel && echo sys",
+    ));
+    assert_eq!(out.stdout, "1\nproc\nsys\n");
+    // The kernel's knobs are read-only, what could leak host details masked (where this kernel has them).
+    let out =
+        run(&fx
+            .spec("grep -c ' /proc/sys ro,' /proc/self/mountinfo; grep -c ' /sys ro,' /proc/self/mountinfo"));
+    assert_eq!(out.stdout, "1\n1\n");
+    if Path::new("/proc/timer_list").exists() {
+        assert_eq!(run(&fx.spec("wc -c < /proc/timer_list")).stdout, "0\n");
+    }
+    if Path::new("/sys/firmware").exists() {
+        assert_eq!(run(&fx.spec("ls /sys/firmware | wc -l")).stdout, "0\n");
+    }
+}
+
+fn interfaces(stdout: &str) -> BTreeSet<String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, _)| name.trim().to_string())
+        .filter(|n| !n.contains('|'))
+        .collect()
+}
+
+#[test]
+fn network_none_and_host() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("net");
+    let mut spec = fx.spec("cat /proc/net/dev");
+    spec.network = Network::None;
+    assert_eq!(interfaces(&run(&spec).stdout), BTreeSet::from(["lo".to_string()]));
+    spec.args[2] = "ip link show lo".into();
+    let out = run(&spec);
+    assert!(out.stdout.contains(",UP"), "loopback must be up: {}", out.stdout);
+
+    let host = interfaces(&std::fs::read_to_string("/proc/net/dev").unwrap());
+    let out = run(&fx.spec("cat /proc/net/dev"));
+    assert_eq!(interfaces(&out.stdout), host);
+}
+
+#[test]
+fn writes_land_in_the_upper_dir_and_whiteouts() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("layers");
+    run(&fx.spec("echo new > /newfile && rm /etc/lowerfile && mkdir -p /var/x && echo y > /var/x/y"));
+    let upper = fx.upper();
+    assert_eq!(std::fs::read_to_string(upper.join("newfile")).unwrap(), "new\n");
+    assert_eq!(std::fs::read_to_string(upper.join("var/x/y")).unwrap(), "y\n");
+    let whiteout = std::fs::symlink_metadata(upper.join("etc/lowerfile")).unwrap();
+    assert!(
+        whiteout.file_type().is_char_device(),
+        "a deleted lower file becomes a whiteout"
+    );
+    assert_eq!(whiteout.rdev(), 0);
+    assert_eq!(
+        std::fs::read_to_string(fx.path("lower/etc/lowerfile")).unwrap(),
+        "from the lower dir\n"
+    );
+    assert!(!fx.path("lower/newfile").exists());
+}
+
+#[test]
+fn lower_dirs_stack_top_first() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("stack");
+    let top = fx.path("top");
+    std::fs::create_dir_all(top.join("data")).unwrap();
+    std::fs::write(top.join("data/f"), "top\n").unwrap();
+    std::fs::create_dir_all(fx.path("lower/data")).unwrap();
+    std::fs::write(fx.path("lower/data/f"), "bottom\n").unwrap();
+    std::fs::write(fx.path("lower/data/g"), "only below\n").unwrap();
+    let mut spec = fx.spec("cat /data/f /data/g");
+    spec.lower_dirs.insert(0, top);
+    assert_eq!(run(&spec).stdout, "top\nonly below\n");
+}
+
+#[test]
+fn scratch_rootfs_without_lower_dirs() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("scratch");
+    let mut spec = fx.spec("");
+    spec.lower_dirs.clear();
+    spec.args = vec!["/bin/busybox".into()];
+    let err = try_run(&spec).err().expect("an empty rootfs has nothing to run");
+    assert!(matches!(err, SandboxError::Exec { .. }), "{err}");
+    assert!(err.to_string().contains("/bin/busybox"), "{err}");
+    assert!(fx.upper_entries().is_empty(), "{:?}", fx.upper_entries());
+}
+
+#[test]
+fn users_and_groups() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("users");
+    let id = |user: &str| {
+        let mut spec = fx.spec("id -u; id -g; id -G; echo $HOME");
+        spec.user = user.into();
+        run(&spec).stdout
+    };
+    assert_eq!(id(""), "0\n0\n0\n/root\n");
+    assert_eq!(id("nobody"), "65534\n65534\n65534\n/nonexistent\n");
+    assert_eq!(id("1000"), "1000\n1000\n1000 2000\n/home/app\n");
+    assert_eq!(id("app"), "1000\n1000\n1000 2000\n/home/app\n");
+    assert_eq!(id("app:0"), "1000\n0\n0\n/home/app\n");
+    assert_eq!(id("4242:4343"), "4242\n4343\n4343\n/\n");
+
+    let mut spec = fx.spec("id");
+    spec.user = "ghost".into();
+    let err = try_run(&spec).err().expect("an unknown user is an error");
+    assert_eq!(
+        err.to_string(),
+        "user \"ghost\" not found in /etc/passwd of the image"
+    );
+    spec.user = "app:ghosts".into();
+    let err = try_run(&spec).err().expect("an unknown group is an error");
+    assert_eq!(
+        err.to_string(),
+        "group \"ghosts\" not found in /etc/group of the image"
+    );
+
+    // A non-root user is really unprivileged, and root lost what docker takes away.
+    let mut spec = fx.spec("touch /etc/passwd");
+    spec.user = "app".into();
+    assert_ne!(try_run(&spec).unwrap().status.code, 0);
+    let out = try_run(&fx.spec("mkdir /m && mount -t tmpfs none /m")).unwrap();
+    assert_ne!(
+        out.status.code, 0,
+        "root in the sandbox must not be able to mount"
+    );
+    let out = run(&fx.spec("grep CapBnd /proc/self/status"));
+    assert_eq!(
+        out.stdout.trim(),
+        "CapBnd:\t00000000a80425fb",
+        "docker's default capability set"
+    );
+}
+
+#[test]
+fn cwd_env_and_home() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("cwd");
+    let mut spec = fx.spec("pwd; env | grep -v '^PWD=' | grep -v '^SHLVL=' | sort");
+    spec.cwd = "/work/dir".into();
+    spec.user = "app".into();
+    spec.env = vec!["PATH=/bin".into(), "A=1".into(), "B=two words".into()];
+    assert_eq!(
+        run(&spec).stdout,
+        "/work/dir\nA=1\nB=two words\nHOME=/home/app\nPATH=/bin\n"
+    );
+    let created = std::fs::metadata(fx.upper().join("work/dir")).unwrap();
+    assert_eq!(
+        (created.uid(), created.gid()),
+        (1000, 1000),
+        "a created working directory belongs to the user"
+    );
+
+    spec.env.push("HOME=/custom".into());
+    spec.cwd = "/".into();
+    assert!(run(&spec).stdout.contains("HOME=/custom\n"));
+}
+
+#[test]
+fn no_descriptor_of_kiln_leaks() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("fds");
+    // An inheritable descriptor in the parent, as a careless library might leave one.
+    let file = std::fs::File::open(BUSYBOX).unwrap();
+    let leaked = rustix::io::fcntl_dupfd_cloexec(&file, 50).unwrap();
+    rustix::io::fcntl_setfd(&leaked, rustix::io::FdFlags::empty()).unwrap();
+    let out = run(&fx.spec("ls /proc/self/fd"));
+    let fds: BTreeSet<&str> = out.stdout.split_whitespace().collect();
+    // 3 is the directory ls has open while listing.
+    assert_eq!(fds, BTreeSet::from(["0", "1", "2", "3"]), "{}", out.stdout);
+    drop(leaked);
+}
+
+#[test]
+fn generated_etc_files_and_stub_cleanup() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("stubs");
+    let out = run(&fx.spec("cat /etc/hosts; grep -c nameserver /etc/resolv.conf; cat /etc/hostname"));
+    assert!(
+        out.stdout.starts_with("127.0.0.1\tlocalhost buildkitsandbox\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.ends_with("buildkitsandbox\n"));
+    let out = try_run(&fx.spec("echo x >> /etc/hosts")).unwrap();
+    assert_ne!(out.status.code, 0, "/etc/hosts is read-only");
+    // Nothing the command did not make stays in the layer: no hosts/resolv.conf/hostname stubs, no copied-up
+    // /etc, no /proc, /dev or /sys mount points.
+    assert!(
+        fx.upper_entries().is_empty(),
+        "left in the upper dir: {:?}",
+        fx.upper_entries()
+    );
+
+    // A dangling symlink at a mount point (as systemd images have for resolv.conf) is followed inside the
+    // rootfs; the directories made for its target go again afterwards.
+    std::os::unix::fs::symlink(
+        "../run/systemd/resolve/stub-resolv.conf",
+        fx.path("lower/etc/resolv.conf"),
+    )
+    .unwrap();
+    let out = run(&fx.spec("grep -c nameserver /run/systemd/resolve/stub-resolv.conf"));
+    assert_ne!(out.stdout, "0\n");
+    assert!(
+        fx.upper_entries().is_empty(),
+        "left in the upper dir: {:?}",
+        fx.upper_entries()
+    );
+
+    // A stub the command changed stays (here: a file written next to it keeps /etc).
+    run(&fx.spec("echo mine > /etc/mine"));
+    assert_eq!(
+        fx.upper_entries(),
+        BTreeSet::from(["etc".to_string(), "etc/mine".to_string()])
+    );
+}
+
+#[test]
+fn bind_tmpfs_and_overlay_mounts() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("mounts");
+    let shared = fx.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("in"), "from the host\n").unwrap();
+    let single = fx.path("single.txt");
+    std::fs::write(&single, "one file\n").unwrap();
+    let (ov_upper, ov_work) = (fx.path("ov-upper"), fx.path("ov-work"));
+    std::fs::create_dir(&ov_upper).unwrap();
+    std::fs::create_dir(&ov_work).unwrap();
+
+    let mut spec = fx.spec(
+        "cat /mnt/shared/in /etc/single.txt && echo out > /mnt/shared/out && ! touch /ro/x 2>/dev/null \
+         && echo t > /scratch/t && cat /scratch/t && cat /stage/etc/lowerfile && echo s > /stage/new \
+         && ls /ro",
+    );
+    spec.mounts = vec![
+        SandboxMount::Bind {
+            source: shared.clone(),
+            dest: "/mnt/shared".into(),
+            readonly: false,
+        },
+        SandboxMount::Bind {
+            source: single,
+            dest: "/etc/single.txt".into(),
+            readonly: true,
+        },
+        SandboxMount::Bind {
+            source: shared.clone(),
+            dest: "/ro".into(),
+            readonly: true,
+        },
+        SandboxMount::Tmpfs {
+            dest: "/scratch".into(),
+            size: Some(1 << 20),
+        },
+        SandboxMount::Overlay {
+            lower_dirs: vec![fx.path("lower")],
+            upper_dir: ov_upper.clone(),
+            work_dir: ov_work,
+            dest: "/stage".into(),
+        },
+    ];
+    let out = run(&spec);
+    assert_eq!(
+        out.stdout,
+        "from the host\none file\nt\nfrom the lower dir\nin\nout\n"
+    );
+    assert_eq!(std::fs::read_to_string(shared.join("out")).unwrap(), "out\n");
+    assert_eq!(std::fs::read_to_string(ov_upper.join("new")).unwrap(), "s\n");
+    assert!(
+        fx.upper_entries().is_empty(),
+        "mount points stay out of the layer: {:?}",
+        fx.upper_entries()
+    );
+}
+
+#[test]
+fn host_files_are_out_of_reach() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("escape");
+    let sentinel = fx.path("sentinel");
+    std::fs::write(&sentinel, "secret\n").unwrap();
+    // An absolute symlink in the image must resolve inside the rootfs, for the sandbox's own mounts too.
+    std::os::unix::fs::symlink(fx.tmp.0.to_str().unwrap(), fx.path("lower/hostlink")).unwrap();
+    let script = format!(
+        "cat {} 2>/dev/null && exit 1; cat /hostlink/sentinel 2>/dev/null && exit 1; \
+         cat /proc/1/root{} 2>/dev/null && exit 1; ls /",
+        sentinel.display(),
+        sentinel.display()
+    );
+    let mut spec = fx.spec(&script);
+    spec.mounts = vec![SandboxMount::Tmpfs {
+        dest: "/hostlink/inside".into(),
+        size: None,
+    }];
+    let out = run(&spec);
+    let listing: BTreeSet<&str> = out.stdout.split_whitespace().collect();
+    // Plus the top directory of the mount point the symlink led to, made inside the rootfs (e.g. /tmp).
+    let mut expected = BTreeSet::from(["bin", "dev", "etc", "hostlink", "proc", "sys"]);
+    let top = fx
+        .tmp
+        .0
+        .components()
+        .nth(1)
+        .unwrap()
+        .as_os_str()
+        .to_str()
+        .unwrap()
+        .to_string();
+    expected.insert(&top);
+    assert_eq!(listing, expected);
+    assert!(
+        !fx.tmp.0.join("inside").exists(),
+        "a mount point was created on the host through a symlink"
+    );
+    assert!(fx.upper_entries().is_empty(), "{:?}", fx.upper_entries());
+}
+
+#[test]
+fn missing_executable_is_a_clear_error() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("noexec");
+    let mut spec = fx.spec("");
+    spec.args = vec!["frobnicate".into(), "--now".into()];
+    let err = try_run(&spec).err().expect("no such command");
+    assert_eq!(
+        err.to_string(),
+        "executable \"frobnicate\" not found in $PATH (/bin)"
+    );
+    spec.args = vec!["/nope/frobnicate".into()];
+    let err = try_run(&spec).err().expect("no such file");
+    assert!(matches!(err, SandboxError::Exec { .. }), "{err}");
+    std::fs::write(fx.path("lower/bin/script"), "#!/bin/missing\n").unwrap();
+    std::fs::set_permissions(
+        fx.path("lower/bin/script"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    spec.args = vec!["script".into()];
+    let err = try_run(&spec).err().expect("missing interpreter").to_string();
+    assert!(err.contains("interpreter"), "{err}");
+    assert!(fx.upper_entries().is_empty(), "{:?}", fx.upper_entries());
+}
+
+#[test]
+fn setup_errors_are_reported() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new("setup-err");
+    let mut spec = fx.spec("true");
+    spec.lower_dirs = vec![fx.path("does-not-exist")];
+    let err = try_run(&spec)
+        .err()
+        .expect("a missing lower dir cannot be mounted")
+        .to_string();
+    assert!(err.starts_with("mounting overlay: "), "{err}");
+    assert!(err.contains("does-not-exist"), "{err}");
+
+    let mut spec = fx.spec("true");
+    spec.mounts = vec![SandboxMount::Bind {
+        source: fx.path("nope"),
+        dest: "/x".into(),
+        readonly: true,
+    }];
+    let err = try_run(&spec).err().expect("a missing bind source").to_string();
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
+fn emulation_check() {
+    check_emulation("amd64").expect("the host's own architecture");
+    if std::env::consts::ARCH != "x86_64" {
+        eprintln!("note: skipping the arm64 emulation check on a non-amd64 host");
+        return;
+    }
+    check_emulation("linux/386").expect("386 runs natively on amd64");
+    if !Path::new("/proc/sys/fs/binfmt_misc/status").exists() {
+        eprintln!("note: binfmt_misc is not mounted; only checking that the error explains the fix");
+        let err = check_emulation("arm64").unwrap_err().to_string();
+        assert!(
+            err.contains("qemu-user-static") && err.contains("binfmt_misc"),
+            "{err}"
+        );
+        return;
+    }
+    let entry = Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64");
+    if !entry.exists() && is_root() && Path::new("/usr/lib/binfmt.d/qemu-aarch64.conf").exists() {
+        let status = std::process::Command::new("/lib/systemd/systemd-binfmt")
+            .arg("/usr/lib/binfmt.d/qemu-aarch64.conf")
+            .status();
+        eprintln!("note: registering qemu-aarch64: {status:?}");
+    }
+    if entry.exists() {
+        check_emulation("arm64").expect("qemu-aarch64 is registered");
+        check_emulation("linux/arm64/v8").expect("qemu-aarch64 is registered");
+    } else {
+        let err = check_emulation("arm64").unwrap_err().to_string();
+        assert!(err.contains("apt-get install qemu-user-static"), "{err}");
+    }
+}

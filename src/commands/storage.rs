@@ -1,0 +1,126 @@
+//! `kiln prune` and `kiln du`.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use anyhow::bail;
+
+use super::images::{human_age, human_size, open_store, print_table};
+use crate::cli::{GlobalArgs, PruneArgs};
+
+pub fn prune(global: &GlobalArgs, args: PruneArgs) -> anyhow::Result<ExitCode> {
+    let keep_storage = args.keep_storage.as_deref().map(parse_size).transpose()?;
+    let store = open_store(global)?;
+    if !args.force {
+        print!(
+            "WARNING! This will remove all content no image refers to{}. Are you sure you want to continue? [y/N] ",
+            if args.all { ", and all build cache not in use" } else { "" }
+        );
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let report = store.prune(args.all, keep_storage)?;
+    for key in &report.cache_records {
+        println!("Deleted cache record: {key}");
+    }
+    for blob in &report.blobs {
+        println!("Deleted: {blob}");
+    }
+    for snapshot in &report.snapshots {
+        println!("Deleted snapshot: {snapshot}");
+    }
+    println!("Total reclaimed space: {}", human_size(report.bytes_freed));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn du(global: &GlobalArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    let store = open_store(global)?;
+    let usage = store.du()?;
+    if verbose {
+        let mut images = vec![vec!["IMAGE".to_owned(), "SIZE".into(), "UNIQUE SIZE".into()]];
+        for image in &usage.images {
+            images.push(vec![
+                kiln_exporter::stored::familiar_name(&image.name),
+                human_size(image.size),
+                human_size(image.unique_size),
+            ]);
+        }
+        print_table(&images);
+        println!();
+        let now = kiln_exporter::stored::now_secs();
+        let mut records = vec![vec![
+            "CACHE RECORD".to_owned(),
+            "SIZE".into(),
+            "UNIQUE SIZE".into(),
+            "LAST USED".into(),
+            "IN USE".into(),
+        ]];
+        let mut sorted: Vec<_> = usage.cache_records.iter().collect();
+        sorted.sort_by(|a, b| b.last_used.cmp(&a.last_used).then_with(|| a.key.cmp(&b.key)));
+        for record in sorted {
+            records.push(vec![
+                record.key.clone(),
+                human_size(record.size),
+                human_size(record.unique_size),
+                human_age(record.last_used, now),
+                if record.in_use { "yes".into() } else { "no".into() },
+            ]);
+        }
+        print_table(&records);
+        println!();
+    }
+    let total = usage.blobs_bytes + usage.snapshots_bytes;
+    print_table(&[
+        vec!["Images:".to_owned(), usage.images.len().to_string()],
+        vec!["Cache records:".to_owned(), usage.cache_records.len().to_string()],
+        vec!["Blobs:".to_owned(), human_size(usage.blobs_bytes)],
+        vec!["Snapshots:".to_owned(), human_size(usage.snapshots_bytes)],
+        vec!["Reclaimable:".to_owned(), human_size(usage.reclaimable_bytes)],
+        vec!["Total:".to_owned(), human_size(total)],
+    ]);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A size as docker's `--keep-storage` takes it: a number with an optional unit (`k`, `m`, `g`, `t`, `p`,
+/// with optional `i` and `b`), in powers of 1024.
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = match number.parse() {
+        Ok(v) => v,
+        Err(_) => bail!("invalid size {s:?}: expected a number with an optional unit, e.g. 10GB"),
+    };
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.trim_end_matches('b').trim_end_matches('i');
+    let power = match unit {
+        "" => 0,
+        "k" => 1,
+        "m" => 2,
+        "g" => 3,
+        "t" => 4,
+        "p" => 5,
+        _ => bail!("invalid size {s:?}: unknown unit"),
+    };
+    Ok((value * 1024f64.powi(power)) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_like_docker() {
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("10GB").unwrap(), 10 << 30);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("2MiB").unwrap(), 2 << 20);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5x").is_err());
+    }
+}
