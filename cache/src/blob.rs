@@ -1,4 +1,4 @@
-//! Content-addressed blobs in OCI layout: ROOT/blobs/sha256/<hex>.
+//! Content-addressed blobs in OCI layout: `ROOT/blobs/sha256/<hex>`.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};

@@ -97,6 +97,8 @@ pub async fn pull(
     let mut downloaded = 0u64;
     // Configs first: they are small, and a config that does not match its manifest stops the pull before
     // the layers are fetched. Progress is about layers, as in docker; configs only count as downloaded.
+    // Blobs are fetched through the reference as given: only its repository matters, and errors then name
+    // what the user asked for.
     let configs = images.iter().map(|i| i.config.clone()).collect();
     fetch_all(&leased, registry, reference, configs, &mut |event| {
         if let PullProgress::Downloaded { size, .. } = event {

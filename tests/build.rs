@@ -1,0 +1,368 @@
+//! `kiln build` end to end: real builds FROM a busybox-static image loaded into a fresh store, run with the
+//! real sandbox, checked with `kiln run`, `kiln inspect` and real clients (skopeo, umoci).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    work: PathBuf,
+}
+
+impl Env {
+    /// A fresh store holding `busybox:latest` (built from the host's busybox-static).
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let root = tmp.path().join("root");
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(&work).expect("work dir");
+        let env = Env { root, work, _tmp: tmp };
+        let layout = env.work.join("busybox-layout");
+        kiln_testutil::busybox_oci_layout(&layout, "amd64").expect("busybox layout");
+        let out = env.kiln(&["load", "-i", layout.to_str().unwrap_or_default()]);
+        assert!(out.status.success(), "load: {}", stderr(&out));
+        let text = stdout(&out);
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Loaded image ID: "))
+            .unwrap_or_else(|| panic!("no image ID in {text:?}"))
+            .trim()
+            .to_string();
+        let out = env.kiln(&["tag", &id, "busybox:latest"]);
+        assert!(out.status.success(), "tag: {}", stderr(&out));
+        env
+    }
+
+    fn kiln(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .output()
+            .expect("kiln runs")
+    }
+
+    /// A context directory `name` with these files (paths relative to it).
+    fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.work.join(name);
+        for (path, contents) in files {
+            let file = dir.join(path);
+            std::fs::create_dir_all(file.parent().unwrap_or(&dir)).expect("context dirs");
+            std::fs::write(&file, contents).expect("context file");
+        }
+        dir
+    }
+
+    fn build(&self, context: &Path, extra: &[&str]) -> Output {
+        let mut args = vec!["build", "--progress=plain"];
+        args.extend_from_slice(extra);
+        args.push(context.to_str().unwrap_or_default());
+        self.kiln(&args)
+    }
+
+    fn build_ok(&self, context: &Path, extra: &[&str]) -> String {
+        let out = self.build(context, extra);
+        assert!(out.status.success(), "build failed:\n{}", stderr(&out));
+        stderr(&out)
+    }
+
+    fn run(&self, image: &str, cmd: &[&str]) -> String {
+        let mut args = vec!["run", image];
+        args.extend_from_slice(cmd);
+        let out = self.kiln(&args);
+        assert!(out.status.success(), "run {cmd:?} failed: {}{}", stdout(&out), stderr(&out));
+        stdout(&out)
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// From `--progress=plain` output: step name → whether it ran (`DONE`) or came from the cache (`CACHED`).
+fn steps(progress: &str) -> Vec<(String, &'static str)> {
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::new();
+    for line in progress.lines() {
+        let Some(rest) = line.strip_prefix('#') else { continue };
+        let Some((id, text)) = rest.split_once(' ') else { continue };
+        if text == "CACHED" || text.starts_with("DONE") {
+            let state = if text == "CACHED" { "CACHED" } else { "DONE" };
+            out.push((names.get(id).cloned().unwrap_or_default(), state));
+        } else if text.starts_with('[') {
+            names.insert(id.to_string(), text.to_string());
+        }
+    }
+    out
+}
+
+fn ran(progress: &str, needle: &str) -> bool {
+    steps(progress).iter().any(|(name, state)| name.contains(needle) && *state == "DONE")
+}
+
+fn cached(progress: &str, needle: &str) -> bool {
+    steps(progress).iter().any(|(name, state)| name.contains(needle) && *state == "CACHED")
+}
+
+#[test]
+fn multi_stage_with_copy_from_user_workdir_env_and_args() {
+    let env = Env::new();
+    let ctx = env.context(
+        "multistage",
+        &[(
+            "Dockerfile",
+            "FROM busybox AS build\n\
+             ARG MSG=default\n\
+             ENV GREETING=\"$MSG from build\"\n\
+             WORKDIR /work\n\
+             RUN echo \"$GREETING\" > out.txt && id -u > uid.txt\n\
+             FROM busybox\n\
+             RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:1000:' >> /etc/group\n\
+             USER app\n\
+             WORKDIR /home/app\n\
+             COPY --from=build /work/out.txt ./\n\
+             RUN id -u > me.txt; pwd > where.txt\n\
+             ENV MODE=prod\n\
+             CMD [\"cat\", \"out.txt\"]\n",
+        )],
+    );
+    env.build_ok(&ctx, &["-t", "multi", "--build-arg", "MSG=hello"]);
+    assert_eq!(env.run("multi", &[]), "hello from build\n");
+    assert_eq!(env.run("multi", &["cat", "me.txt", "where.txt"]), "1000\n/home/app\n");
+    assert_eq!(env.run("multi", &["sh", "-c", "echo $MODE; echo ${GREETING:-unset}"]), "prod\nunset\n");
+
+    let out = env.kiln(&["inspect", "multi"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let inspect: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("inspect JSON");
+    let text = inspect.to_string();
+    assert!(text.contains("\"User\":\"app\""), "{text}");
+    assert!(text.contains("\"WorkingDir\":\"/home/app\""), "{text}");
+    assert!(text.contains("MODE=prod"), "{text}");
+}
+
+#[test]
+fn run_deleting_base_files_leaves_whiteouts() {
+    let env = Env::new();
+    let ctx = env.context(
+        "whiteout",
+        &[("Dockerfile", "FROM busybox\nRUN rm /bin/wc && mkdir -p /d/sub && touch /d/sub/f\nRUN rm -r /d/sub\n")],
+    );
+    env.build_ok(&ctx, &["-t", "wh"]);
+    let out = env.run("wh", &["sh", "-c", "ls /bin/wc 2>/dev/null || echo gone; ls -a /d"]);
+    assert_eq!(out, "gone\n.\n..\n");
+}
+
+#[test]
+fn failed_step_reports_instruction_line_exit_code_and_output() {
+    let env = Env::new();
+    let ctx = env.context(
+        "failing",
+        &[("Dockerfile", "FROM busybox\nRUN echo first > /first\nRUN echo about to fail && exit 3\nRUN echo never\n")],
+    );
+    let out = env.build(&ctx, &["-t", "broken"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("exit code: 3"), "{err}");
+    assert!(err.contains("Dockerfile:3"), "{err}");
+    assert!(err.contains("about to fail"), "{err}");
+    assert!(err.contains(">>> RUN echo about to fail && exit 3"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // The step that finished stays cached.
+    let again = stderr(&env.build(&ctx, &["-t", "broken"]));
+    assert!(cached(&again, "RUN echo first"), "{again}");
+    let images = stdout(&env.kiln(&["images"]));
+    assert!(!images.contains("broken"), "a failed build tags nothing: {images}");
+}
+
+#[test]
+fn independent_stages_run_concurrently() {
+    let env = Env::new();
+    // Each stage announces itself in a shared cache mount and waits (up to 30 s) to see the other: they only
+    // both finish with "overlap" if they ran at the same time. Sequential runs would record "alone".
+    let id = format!("sync-{}", std::process::id());
+    let stage = |me: &str, other: &str| {
+        format!(
+            "FROM busybox AS {me}\n\
+             RUN --mount=type=cache,id={id},target=/sync touch /sync/{me}; \
+             i=0; while [ ! -e /sync/{other} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+             if [ -e /sync/{other} ]; then echo overlap > /result; else echo alone > /result; fi\n"
+        )
+    };
+    let dockerfile = format!(
+        "{}{}FROM busybox\nCOPY --from=a /result /a\nCOPY --from=b /result /b\n",
+        stage("a", "b"),
+        stage("b", "a")
+    );
+    let ctx = env.context("parallel", &[("Dockerfile", &dockerfile)]);
+    env.build_ok(&ctx, &["-t", "par", "--max-parallelism", "2"]);
+    assert_eq!(env.run("par", &["cat", "/a", "/b"]), "overlap\noverlap\n");
+}
+
+#[test]
+fn unchanged_rebuild_runs_nothing_and_a_changed_file_reruns_only_what_reads_it() {
+    let env = Env::new();
+    let ctx = env.context(
+        "caching",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nCOPY a.txt /a.txt\nRUN cat /a.txt > /a2\nCOPY src/ /src/\nRUN cat /src/b.txt > /b2\n",
+            ),
+            ("a.txt", "a1"),
+            ("src/b.txt", "b1"),
+            ("docs/readme", "docs1"),
+        ],
+    );
+    let first = env.build_ok(&ctx, &["-t", "cache"]);
+    assert!(ran(&first, "RUN cat /a.txt") && ran(&first, "RUN cat /src/b.txt"), "{first}");
+
+    let second = env.build_ok(&ctx, &["-t", "cache"]);
+    assert!(!steps(&second).iter().any(|(_, state)| *state == "DONE"), "nothing may run:\n{second}");
+
+    // A file no COPY reads changes nothing.
+    std::fs::write(ctx.join("docs/readme"), "docs2").expect("write");
+    let third = env.build_ok(&ctx, &["-t", "cache"]);
+    assert!(!steps(&third).iter().any(|(_, state)| *state == "DONE"), "docs/ is not read:\n{third}");
+
+    std::fs::write(ctx.join("src/b.txt"), "b2").expect("write");
+    let fourth = env.build_ok(&ctx, &["-t", "cache"]);
+    assert!(!ran(&fourth, "COPY a.txt") && !ran(&fourth, "RUN cat /a.txt"), "{fourth}");
+    assert!(ran(&fourth, "COPY src/") && ran(&fourth, "RUN cat /src/b.txt"), "{fourth}");
+    assert_eq!(env.run("cache", &["cat", "/a2", "/b2"]), "a1b2");
+}
+
+#[test]
+fn target_builds_never_touch_unneeded_stages() {
+    let env = Env::new();
+    let ctx = env.context(
+        "target",
+        &[(
+            "Dockerfile",
+            "FROM nosuch.invalid/missing:1 AS broken-base\nRUN echo never\n\
+             FROM busybox AS failing\nRUN exit 1\n\
+             FROM busybox AS wanted\nRUN echo wanted > /w\n\
+             FROM busybox\nCOPY --from=failing /x /x\n",
+        )],
+    );
+    let out = env.build_ok(&ctx, &["--target", "wanted", "-t", "wanted"]);
+    assert!(!out.contains("exit 1") && !out.contains("nosuch.invalid"), "{out}");
+    assert_eq!(env.run("wanted", &["cat", "/w"]), "wanted\n");
+}
+
+#[test]
+fn copy_and_add_rules() {
+    let env = Env::new();
+    let ctx = env.context(
+        "copyrules",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\n\
+                 COPY *.txt /multi/\n\
+                 COPY dir /contents\n\
+                 COPY dir/one single-renamed\n\
+                 COPY --chown=65534:65534 --chmod=0600 dir/one /owned\n\
+                 ADD archive.tar /extracted/\n\
+                 COPY link-to-dir /via-link\n\
+                 COPY . /all\n",
+            ),
+            ("x.txt", "x"),
+            ("y.txt", "y"),
+            ("dir/one", "1"),
+            ("dir/nested/two", "2"),
+            ("secret.key", "do not copy"),
+            (".dockerignore", "secret.key\n"),
+        ],
+    );
+    std::os::unix::fs::symlink("dir", ctx.join("link-to-dir")).expect("symlink");
+    // A tar to auto-extract.
+    let tar_path = ctx.join("archive.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&tar_path).expect("tar file"));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(8);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(946_684_800);
+    header.set_cksum();
+    builder.append_data(&mut header, "inside/file", &b"unpacked"[..]).expect("tar entry");
+    builder.finish().expect("tar finish");
+    drop(builder);
+
+    env.build_ok(&ctx, &["-t", "copies"]);
+    let check = |cmd: &str| env.run("copies", &["sh", "-c", cmd]);
+    assert_eq!(check("cat /multi/x.txt /multi/y.txt"), "xy");
+    assert_eq!(check("cat /contents/one /contents/nested/two; ls /contents"), "12nested\none\n");
+    assert_eq!(check("cat /single-renamed"), "1");
+    assert_eq!(check("stat -c '%u:%g %a' /owned"), "65534:65534 600\n");
+    assert_eq!(check("cat /extracted/inside/file"), "unpacked");
+    assert_eq!(check("cat /via-link/one"), "1");
+    assert_eq!(check("ls /all/secret.key 2>/dev/null || echo ignored"), "ignored\n");
+    assert_eq!(check("stat -c '%u:%g' /all/x.txt"), "0:0\n");
+}
+
+#[test]
+fn built_images_are_valid_for_real_clients() {
+    let env = Env::new();
+    let ctx = env.context(
+        "clients",
+        &[("Dockerfile", "FROM busybox\nRUN echo made > /made\nCMD [\"cat\", \"/made\"]\n")],
+    );
+    env.build_ok(&ctx, &["-t", "valid:1"]);
+    let archive = env.work.join("valid.tar");
+    let out = env.kiln(&["save", "--format", "oci", "-o", archive.to_str().unwrap_or_default(), "valid:1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let inspect = Command::new("skopeo")
+        .args(["inspect", &format!("oci-archive:{}", archive.display())])
+        .output()
+        .expect("skopeo runs");
+    assert!(inspect.status.success(), "skopeo: {}", stderr(&inspect));
+    let json: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("skopeo JSON");
+    assert_eq!(json["Layers"].as_array().map(Vec::len), Some(2), "{json}");
+
+    let layout = env.work.join("valid-layout");
+    std::fs::create_dir_all(&layout).expect("layout dir");
+    let untar = Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&layout).status().expect("tar");
+    assert!(untar.success());
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json")).expect("index JSON");
+    let tag = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .unwrap_or("latest")
+        .to_string();
+    let bundle = env.work.join("bundle");
+    let unpack = Command::new("umoci")
+        .args(["unpack", "--image", &format!("{}:{tag}", layout.display())])
+        .arg(&bundle)
+        .output()
+        .expect("umoci runs");
+    assert!(unpack.status.success(), "umoci: {}", stderr(&unpack));
+    assert_eq!(std::fs::read_to_string(bundle.join("rootfs/made")).expect("made"), "made\n");
+    assert!(bundle.join("rootfs/bin/busybox").is_file());
+}
+
+#[test]
+fn iidfile_and_metadata_file() {
+    let env = Env::new();
+    let ctx = env.context("meta", &[("Dockerfile", "FROM busybox\nLABEL a=b\n")]);
+    let iid = env.work.join("iid");
+    let meta = env.work.join("meta.json");
+    env.build_ok(
+        &ctx,
+        &["-t", "meta", "--iidfile", iid.to_str().unwrap_or_default(), "--metadata-file", meta.to_str().unwrap_or_default(), "--label", "c=d"],
+    );
+    let id = std::fs::read_to_string(&iid).expect("iidfile");
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
+    let metadata: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).expect("metadata")).expect("JSON");
+    assert_eq!(metadata["containerimage.config.digest"], serde_json::json!(id));
+    assert!(metadata["containerimage.digest"].as_str().is_some_and(|d| d.starts_with("sha256:")));
+    let inspect = stdout(&env.kiln(&["inspect", "meta"]));
+    assert!(inspect.contains("\"a\":\"b\"") || inspect.contains("\"a\": \"b\""), "{inspect}");
+    assert!(inspect.contains("\"c\":\"d\"") || inspect.contains("\"c\": \"d\""), "{inspect}");
+}
