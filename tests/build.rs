@@ -366,3 +366,16 @@ fn iidfile_and_metadata_file() {
     assert!(inspect.contains("\"a\":\"b\"") || inspect.contains("\"a\": \"b\""), "{inspect}");
     assert!(inspect.contains("\"c\":\"d\"") || inspect.contains("\"c\": \"d\""), "{inspect}");
 }
+
+#[test]
+fn the_readme_example_builds_and_runs() {
+    let env = Env::new();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let base = env.work.join("example-base");
+    let made = Command::new("bash").arg(repo.join("examples/make-base.sh")).arg(&base).output().expect("bash");
+    assert!(made.status.success(), "{}", stderr(&made));
+    let context = format!("busybox={}", base.display());
+    env.build_ok(&repo.join("examples/hello"), &["-t", "hello", "--build-context", &context]);
+    let out = env.run("hello", &[]);
+    assert!(out.starts_with("hello from kiln (built on "), "{out}");
+}

@@ -107,7 +107,8 @@ fn write_oci<W: Write>(store: &Store, entries: &[Entry], tar: &mut Tar<W>) -> Re
 fn write_docker<W: Write>(store: &Store, entries: &[Entry], tar: &mut Tar<W>) -> Result<()> {
     let host = Platform::host();
     let mut blobs: BTreeMap<Digest, Source> = BTreeMap::new();
-    // Per manifest digest (one docker image): its manifest.json entry, in the order first named.
+    // Per config digest (docker's image ID; two manifests of one config are one docker image): its
+    // manifest.json entry, in the order first named.
     let mut images: Vec<(Digest, serde_json::Value)> = Vec::new();
     let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut layer_tars: BTreeMap<Digest, (Digest, u64)> = BTreeMap::new();
@@ -152,7 +153,7 @@ fn write_docker<W: Write>(store: &Store, entries: &[Entry], tar: &mut Tar<W>) ->
         }
         // docker's `RepoTags` is null for an image saved by ID.
         let tag = repo_tag.map(|(repo, tag)| format!("{repo}:{tag}"));
-        match images.iter_mut().find(|(d, _)| *d == m.manifest.digest) {
+        match images.iter_mut().find(|(d, _)| *d == m.config.digest) {
             Some((_, json)) => {
                 if let Some(tag) = tag {
                     match json["RepoTags"].as_array_mut() {
@@ -162,7 +163,7 @@ fn write_docker<W: Write>(store: &Store, entries: &[Entry], tar: &mut Tar<W>) ->
                 }
             }
             None => images.push((
-                m.manifest.digest,
+                m.config.digest,
                 serde_json::json!({
                     "Config": blob_path(&m.config.digest),
                     "RepoTags": tag.map(|t| vec![t]),
