@@ -9,7 +9,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     // The sandbox helper is this binary re-executed; it must start single-threaded, before anything else.
-    if std::env::args_os().nth(1).is_some_and(|a| a == kiln_solver::sandbox::SANDBOX_ARG) {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == kiln_solver::sandbox::SANDBOX_ARG)
+    {
         kiln_solver::sandbox::sandbox_main();
     }
     private_mount_namespace();

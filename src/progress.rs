@@ -98,7 +98,11 @@ impl Plain {
                 buffer.extend_from_slice(&data);
                 while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = buffer.drain(..=end).collect();
-                    let _ = writeln!(err, "#{id} {at:.3} {}", String::from_utf8_lossy(&line[..line.len() - 1]));
+                    let _ = writeln!(
+                        err,
+                        "#{id} {at:.3} {}",
+                        String::from_utf8_lossy(&line[..line.len() - 1])
+                    );
                 }
                 Ok(())
             }
@@ -116,7 +120,11 @@ impl Plain {
     fn flush(&mut self, id: usize) {
         if let Some(rest) = self.partial.remove(&id).filter(|r| !r.is_empty()) {
             let at = self.started.get(&id).map_or(0.0, |t| t.elapsed().as_secs_f64());
-            let _ = writeln!(std::io::stderr(), "#{id} {at:.3} {}", String::from_utf8_lossy(&rest));
+            let _ = writeln!(
+                std::io::stderr(),
+                "#{id} {at:.3} {}",
+                String::from_utf8_lossy(&rest)
+            );
         }
     }
 
@@ -137,7 +145,10 @@ struct Tty {
 
 impl Tty {
     fn new() -> Self {
-        Tty { bars: MultiProgress::new(), running: HashMap::new() }
+        Tty {
+            bars: MultiProgress::new(),
+            running: HashMap::new(),
+        }
     }
 
     fn style() -> ProgressStyle {
@@ -169,13 +180,17 @@ impl Tty {
             Event::Done { id, duration } => {
                 if let Some((bar, name)) = self.running.remove(&id) {
                     bar.finish_and_clear();
-                    let _ = self.bars.println(format!("=> {name} {:.1}s", duration.as_secs_f64()));
+                    let _ = self
+                        .bars
+                        .println(format!("=> {name} {:.1}s", duration.as_secs_f64()));
                 }
             }
             Event::Failed { id, duration, error } => {
                 if let Some((bar, name)) = self.running.remove(&id) {
                     bar.finish_and_clear();
-                    let _ = self.bars.println(format!("=> ERROR {name} {:.1}s: {error}", duration.as_secs_f64()));
+                    let _ = self
+                        .bars
+                        .println(format!("=> ERROR {name} {:.1}s: {error}", duration.as_secs_f64()));
                 }
             }
         }

@@ -18,7 +18,11 @@ impl Env {
         let root = tmp.path().join("root");
         let work = tmp.path().join("work");
         std::fs::create_dir_all(&work).expect("work dir");
-        let env = Env { root, work, _tmp: tmp };
+        let env = Env {
+            root,
+            work,
+            _tmp: tmp,
+        };
         let layout = env.work.join("busybox-layout");
         kiln_testutil::busybox_oci_layout(&layout, "amd64").expect("busybox layout");
         let out = env.kiln(&["load", "-i", layout.to_str().unwrap_or_default()]);
@@ -72,7 +76,12 @@ impl Env {
         let mut args = vec!["run", image];
         args.extend_from_slice(cmd);
         let out = self.kiln(&args);
-        assert!(out.status.success(), "run {cmd:?} failed: {}{}", stdout(&out), stderr(&out));
+        assert!(
+            out.status.success(),
+            "run {cmd:?} failed: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
         stdout(&out)
     }
 }
@@ -90,8 +99,12 @@ fn steps(progress: &str) -> Vec<(String, &'static str)> {
     let mut names: HashMap<String, String> = HashMap::new();
     let mut out = Vec::new();
     for line in progress.lines() {
-        let Some(rest) = line.strip_prefix('#') else { continue };
-        let Some((id, text)) = rest.split_once(' ') else { continue };
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let Some((id, text)) = rest.split_once(' ') else {
+            continue;
+        };
         if text == "CACHED" || text.starts_with("DONE") {
             let state = if text == "CACHED" { "CACHED" } else { "DONE" };
             out.push((names.get(id).cloned().unwrap_or_default(), state));
@@ -103,11 +116,15 @@ fn steps(progress: &str) -> Vec<(String, &'static str)> {
 }
 
 fn ran(progress: &str, needle: &str) -> bool {
-    steps(progress).iter().any(|(name, state)| name.contains(needle) && *state == "DONE")
+    steps(progress)
+        .iter()
+        .any(|(name, state)| name.contains(needle) && *state == "DONE")
 }
 
 fn cached(progress: &str, needle: &str) -> bool {
-    steps(progress).iter().any(|(name, state)| name.contains(needle) && *state == "CACHED")
+    steps(progress)
+        .iter()
+        .any(|(name, state)| name.contains(needle) && *state == "CACHED")
 }
 
 #[test]
@@ -134,8 +151,14 @@ fn multi_stage_with_copy_from_user_workdir_env_and_args() {
     );
     env.build_ok(&ctx, &["-t", "multi", "--build-arg", "MSG=hello"]);
     assert_eq!(env.run("multi", &[]), "hello from build\n");
-    assert_eq!(env.run("multi", &["cat", "me.txt", "where.txt"]), "1000\n/home/app\n");
-    assert_eq!(env.run("multi", &["sh", "-c", "echo $MODE; echo ${GREETING:-unset}"]), "prod\nunset\n");
+    assert_eq!(
+        env.run("multi", &["cat", "me.txt", "where.txt"]),
+        "1000\n/home/app\n"
+    );
+    assert_eq!(
+        env.run("multi", &["sh", "-c", "echo $MODE; echo ${GREETING:-unset}"]),
+        "prod\nunset\n"
+    );
 
     let out = env.kiln(&["inspect", "multi"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -151,10 +174,16 @@ fn run_deleting_base_files_leaves_whiteouts() {
     let env = Env::new();
     let ctx = env.context(
         "whiteout",
-        &[("Dockerfile", "FROM busybox\nRUN rm /bin/wc && mkdir -p /d/sub && touch /d/sub/f\nRUN rm -r /d/sub\n")],
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN rm /bin/wc && mkdir -p /d/sub && touch /d/sub/f\nRUN rm -r /d/sub\n",
+        )],
     );
     env.build_ok(&ctx, &["-t", "wh"]);
-    let out = env.run("wh", &["sh", "-c", "ls /bin/wc 2>/dev/null || echo gone; ls -a /d"]);
+    let out = env.run(
+        "wh",
+        &["sh", "-c", "ls /bin/wc 2>/dev/null || echo gone; ls -a /d"],
+    );
     assert_eq!(out, "gone\n.\n..\n");
 }
 
@@ -163,7 +192,10 @@ fn failed_step_reports_instruction_line_exit_code_and_output() {
     let env = Env::new();
     let ctx = env.context(
         "failing",
-        &[("Dockerfile", "FROM busybox\nRUN echo first > /first\nRUN echo about to fail && exit 3\nRUN echo never\n")],
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo first > /first\nRUN echo about to fail && exit 3\nRUN echo never\n",
+        )],
     );
     let out = env.build(&ctx, &["-t", "broken"]);
     assert!(!out.status.success());
@@ -177,7 +209,10 @@ fn failed_step_reports_instruction_line_exit_code_and_output() {
     let again = stderr(&env.build(&ctx, &["-t", "broken"]));
     assert!(cached(&again, "RUN echo first"), "{again}");
     let images = stdout(&env.kiln(&["images"]));
-    assert!(!images.contains("broken"), "a failed build tags nothing: {images}");
+    assert!(
+        !images.contains("broken"),
+        "a failed build tags nothing: {images}"
+    );
 }
 
 #[test]
@@ -220,20 +255,35 @@ fn unchanged_rebuild_runs_nothing_and_a_changed_file_reruns_only_what_reads_it()
         ],
     );
     let first = env.build_ok(&ctx, &["-t", "cache"]);
-    assert!(ran(&first, "RUN cat /a.txt") && ran(&first, "RUN cat /src/b.txt"), "{first}");
+    assert!(
+        ran(&first, "RUN cat /a.txt") && ran(&first, "RUN cat /src/b.txt"),
+        "{first}"
+    );
 
     let second = env.build_ok(&ctx, &["-t", "cache"]);
-    assert!(!steps(&second).iter().any(|(_, state)| *state == "DONE"), "nothing may run:\n{second}");
+    assert!(
+        !steps(&second).iter().any(|(_, state)| *state == "DONE"),
+        "nothing may run:\n{second}"
+    );
 
     // A file no COPY reads changes nothing.
     std::fs::write(ctx.join("docs/readme"), "docs2").expect("write");
     let third = env.build_ok(&ctx, &["-t", "cache"]);
-    assert!(!steps(&third).iter().any(|(_, state)| *state == "DONE"), "docs/ is not read:\n{third}");
+    assert!(
+        !steps(&third).iter().any(|(_, state)| *state == "DONE"),
+        "docs/ is not read:\n{third}"
+    );
 
     std::fs::write(ctx.join("src/b.txt"), "b2").expect("write");
     let fourth = env.build_ok(&ctx, &["-t", "cache"]);
-    assert!(!ran(&fourth, "COPY a.txt") && !ran(&fourth, "RUN cat /a.txt"), "{fourth}");
-    assert!(ran(&fourth, "COPY src/") && ran(&fourth, "RUN cat /src/b.txt"), "{fourth}");
+    assert!(
+        !ran(&fourth, "COPY a.txt") && !ran(&fourth, "RUN cat /a.txt"),
+        "{fourth}"
+    );
+    assert!(
+        ran(&fourth, "COPY src/") && ran(&fourth, "RUN cat /src/b.txt"),
+        "{fourth}"
+    );
     assert_eq!(env.run("cache", &["cat", "/a2", "/b2"]), "a1b2");
 }
 
@@ -251,7 +301,10 @@ fn target_builds_never_touch_unneeded_stages() {
         )],
     );
     let out = env.build_ok(&ctx, &["--target", "wanted", "-t", "wanted"]);
-    assert!(!out.contains("exit 1") && !out.contains("nosuch.invalid"), "{out}");
+    assert!(
+        !out.contains("exit 1") && !out.contains("nosuch.invalid"),
+        "{out}"
+    );
     assert_eq!(env.run("wanted", &["cat", "/w"]), "wanted\n");
 }
 
@@ -291,19 +344,27 @@ fn copy_and_add_rules() {
     header.set_gid(0);
     header.set_mtime(946_684_800);
     header.set_cksum();
-    builder.append_data(&mut header, "inside/file", &b"unpacked"[..]).expect("tar entry");
+    builder
+        .append_data(&mut header, "inside/file", &b"unpacked"[..])
+        .expect("tar entry");
     builder.finish().expect("tar finish");
     drop(builder);
 
     env.build_ok(&ctx, &["-t", "copies"]);
     let check = |cmd: &str| env.run("copies", &["sh", "-c", cmd]);
     assert_eq!(check("cat /multi/x.txt /multi/y.txt"), "xy");
-    assert_eq!(check("cat /contents/one /contents/nested/two; ls /contents"), "12nested\none\n");
+    assert_eq!(
+        check("cat /contents/one /contents/nested/two; ls /contents"),
+        "12nested\none\n"
+    );
     assert_eq!(check("cat /single-renamed"), "1");
     assert_eq!(check("stat -c '%u:%g %a' /owned"), "65534:65534 600\n");
     assert_eq!(check("cat /extracted/inside/file"), "unpacked");
     assert_eq!(check("cat /via-link/one"), "1");
-    assert_eq!(check("ls /all/secret.key 2>/dev/null || echo ignored"), "ignored\n");
+    assert_eq!(
+        check("ls /all/secret.key 2>/dev/null || echo ignored"),
+        "ignored\n"
+    );
     assert_eq!(check("stat -c '%u:%g' /all/x.txt"), "0:0\n");
 }
 
@@ -312,11 +373,21 @@ fn built_images_are_valid_for_real_clients() {
     let env = Env::new();
     let ctx = env.context(
         "clients",
-        &[("Dockerfile", "FROM busybox\nRUN echo made > /made\nCMD [\"cat\", \"/made\"]\n")],
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo made > /made\nCMD [\"cat\", \"/made\"]\n",
+        )],
     );
     env.build_ok(&ctx, &["-t", "valid:1"]);
     let archive = env.work.join("valid.tar");
-    let out = env.kiln(&["save", "--format", "oci", "-o", archive.to_str().unwrap_or_default(), "valid:1"]);
+    let out = env.kiln(&[
+        "save",
+        "--format",
+        "oci",
+        "-o",
+        archive.to_str().unwrap_or_default(),
+        "valid:1",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let inspect = Command::new("skopeo")
         .args(["inspect", &format!("oci-archive:{}", archive.display())])
@@ -328,10 +399,17 @@ fn built_images_are_valid_for_real_clients() {
 
     let layout = env.work.join("valid-layout");
     std::fs::create_dir_all(&layout).expect("layout dir");
-    let untar = Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&layout).status().expect("tar");
+    let untar = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .expect("tar");
     assert!(untar.success());
     let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json")).expect("index JSON");
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
+            .expect("index JSON");
     let tag = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
         .as_str()
         .unwrap_or("latest")
@@ -343,7 +421,10 @@ fn built_images_are_valid_for_real_clients() {
         .output()
         .expect("umoci runs");
     assert!(unpack.status.success(), "umoci: {}", stderr(&unpack));
-    assert_eq!(std::fs::read_to_string(bundle.join("rootfs/made")).expect("made"), "made\n");
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/made")).expect("made"),
+        "made\n"
+    );
     assert!(bundle.join("rootfs/bin/busybox").is_file());
 }
 
@@ -355,16 +436,36 @@ fn iidfile_and_metadata_file() {
     let meta = env.work.join("meta.json");
     env.build_ok(
         &ctx,
-        &["-t", "meta", "--iidfile", iid.to_str().unwrap_or_default(), "--metadata-file", meta.to_str().unwrap_or_default(), "--label", "c=d"],
+        &[
+            "-t",
+            "meta",
+            "--iidfile",
+            iid.to_str().unwrap_or_default(),
+            "--metadata-file",
+            meta.to_str().unwrap_or_default(),
+            "--label",
+            "c=d",
+        ],
     );
     let id = std::fs::read_to_string(&iid).expect("iidfile");
     assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
-    let metadata: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).expect("metadata")).expect("JSON");
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta).expect("metadata")).expect("JSON");
     assert_eq!(metadata["containerimage.config.digest"], serde_json::json!(id));
-    assert!(metadata["containerimage.digest"].as_str().is_some_and(|d| d.starts_with("sha256:")));
+    assert!(
+        metadata["containerimage.digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:"))
+    );
     let inspect = stdout(&env.kiln(&["inspect", "meta"]));
-    assert!(inspect.contains("\"a\":\"b\"") || inspect.contains("\"a\": \"b\""), "{inspect}");
-    assert!(inspect.contains("\"c\":\"d\"") || inspect.contains("\"c\": \"d\""), "{inspect}");
+    assert!(
+        inspect.contains("\"a\":\"b\"") || inspect.contains("\"a\": \"b\""),
+        "{inspect}"
+    );
+    assert!(
+        inspect.contains("\"c\":\"d\"") || inspect.contains("\"c\": \"d\""),
+        "{inspect}"
+    );
 }
 
 #[test]
@@ -372,10 +473,17 @@ fn the_readme_example_builds_and_runs() {
     let env = Env::new();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let base = env.work.join("example-base");
-    let made = Command::new("bash").arg(repo.join("examples/make-base.sh")).arg(&base).output().expect("bash");
+    let made = Command::new("bash")
+        .arg(repo.join("examples/make-base.sh"))
+        .arg(&base)
+        .output()
+        .expect("bash");
     assert!(made.status.success(), "{}", stderr(&made));
     let context = format!("busybox={}", base.display());
-    env.build_ok(&repo.join("examples/hello"), &["-t", "hello", "--build-context", &context]);
+    env.build_ok(
+        &repo.join("examples/hello"),
+        &["-t", "hello", "--build-context", &context],
+    );
     let out = env.run("hello", &[]);
     assert!(out.starts_with("hello from kiln (built on "), "{out}");
 }

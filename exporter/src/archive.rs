@@ -66,7 +66,10 @@ enum Source {
     Bytes(Vec<u8>),
     Blob(Digest),
     /// The uncompressed tar of a layer blob, `size` bytes.
-    LayerTar { blob: Digest, size: u64 },
+    LayerTar {
+        blob: Digest,
+        size: u64,
+    },
 }
 
 fn write_oci<W: Write>(store: &Store, entries: &[Entry], tar: &mut Tar<W>) -> Result<()> {

@@ -68,7 +68,11 @@ mod tests {
             .map(|i| {
                 move |tx: Events<u32>| async move {
                     let _ = tx.send(i);
-                    if i == 3 { Err(format!("job {i} failed")) } else { Ok(()) }
+                    if i == 3 {
+                        Err(format!("job {i} failed"))
+                    } else {
+                        Ok(())
+                    }
                 }
             })
             .collect();

@@ -18,7 +18,10 @@ const PARALLEL_UPLOADS: usize = 3;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PushProgress {
     /// The registry has the blob already.
-    Exists { digest: Digest, size: u64 },
+    Exists {
+        digest: Digest,
+        size: u64,
+    },
     /// Linked from another repository of the registry instead of uploaded.
     Mounted {
         digest: Digest,
@@ -26,8 +29,15 @@ pub enum PushProgress {
         from: String,
     },
     /// Bytes of the blob read for the upload so far.
-    Uploading { digest: Digest, sent: u64, total: u64 },
-    Pushed { digest: Digest, size: u64 },
+    Uploading {
+        digest: Digest,
+        sent: u64,
+        total: u64,
+    },
+    Pushed {
+        digest: Digest,
+        size: u64,
+    },
     /// A manifest or index was stored under `reference`.
     Manifest {
         reference: String,

@@ -14,8 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use kiln_cache::{Digest, ImageRecord, Store};
 use kiln_registry::oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use kiln_registry::{
-    MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
-    Platform, Reference,
+    MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_INDEX,
+    MEDIA_TYPE_OCI_MANIFEST, Platform, Reference,
 };
 use serde::Deserialize;
 
@@ -40,7 +40,7 @@ pub struct BlobRef {
 impl BlobRef {
     fn from_descriptor(d: &Descriptor, what: &str) -> Result<BlobRef> {
         Ok(BlobRef {
-            digest: parse_digest(&d.digest().to_string(), what)?,
+            digest: parse_digest(d.digest().as_ref(), what)?,
             media_type: d.media_type().to_string(),
             size: d.size(),
         })
@@ -566,12 +566,18 @@ mod tests {
 
     #[test]
     fn familiar_names() {
-        assert_eq!(familiar_name("docker.io/library/busybox:latest"), "busybox:latest");
+        assert_eq!(
+            familiar_name("docker.io/library/busybox:latest"),
+            "busybox:latest"
+        );
         assert_eq!(familiar_name("docker.io/user/app:1"), "user/app:1");
         assert_eq!(familiar_name("docker.io/library/a/b:1"), "library/a/b:1");
         assert_eq!(familiar_name("127.0.0.1:5000/x:y"), "127.0.0.1:5000/x:y");
         let p = name_parts("docker.io/library/busybox:latest").unwrap();
-        assert_eq!((p.repository.as_str(), p.tag.as_deref()), ("busybox", Some("latest")));
+        assert_eq!(
+            (p.repository.as_str(), p.tag.as_deref()),
+            ("busybox", Some("latest"))
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         let p = name_parts(&format!("127.0.0.1:5000/x@{d}")).unwrap();
         assert_eq!(p.repository, "127.0.0.1:5000/x");
@@ -593,7 +599,10 @@ mod tests {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2000-01-01T00:00:00Z"), Some(946_684_800));
         assert_eq!(parse_rfc3339("2000-01-01T01:00:00.5+01:00"), Some(946_684_800));
-        assert_eq!(parse_rfc3339("2024-02-29T12:00:00.123456789Z"), Some(1_709_208_000));
+        assert_eq!(
+            parse_rfc3339("2024-02-29T12:00:00.123456789Z"),
+            Some(1_709_208_000)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

@@ -466,9 +466,16 @@ impl<'a> Converter<'a> {
                         create_dest_path: true,
                         ..Copy::default()
                     });
-                    let op = Op::File(FileOp { has_base: false, actions: vec![copy] });
-                    let meta = Meta { description: format!("[context {name}] copy into a layer"), ..Meta::default() };
-                    self.definition.add(Vertex::new(op, vec![input], Some(platform.clone()), meta))
+                    let op = Op::File(FileOp {
+                        has_base: false,
+                        actions: vec![copy],
+                    });
+                    let meta = Meta {
+                        description: format!("[context {name}] copy into a layer"),
+                        ..Meta::default()
+                    };
+                    self.definition
+                        .add(Vertex::new(op, vec![input], Some(platform.clone()), meta))
                 } else {
                     input
                 };

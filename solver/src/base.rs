@@ -48,11 +48,20 @@ pub struct BaseImages {
 impl BaseImages {
     /// `runtime` runs resolutions asked for by the (synchronous) frontend.
     pub fn new(store: Store, registry: RegistryClient, pull: bool, runtime: tokio::runtime::Handle) -> Self {
-        BaseImages { store, registry, pull, runtime, resolved: Mutex::new(HashMap::new()) }
+        BaseImages {
+            store,
+            registry,
+            pull,
+            runtime,
+            resolved: Mutex::new(HashMap::new()),
+        }
     }
 
     fn cell(&self, key: (String, Platform)) -> Result<Cell, String> {
-        let mut resolved = self.resolved.lock().map_err(|_| "base image table poisoned".to_string())?;
+        let mut resolved = self
+            .resolved
+            .lock()
+            .map_err(|_| "base image table poisoned".to_string())?;
         Ok(resolved.entry(key).or_default().clone())
     }
 
@@ -72,8 +81,16 @@ impl BaseImages {
 
     /// An image from an OCI layout directory (`--build-context name=oci-layout://DIR:TAG`): loaded into the
     /// store, then resolved like any stored image.
-    pub async fn resolve_layout(&self, dir: &Path, reference: &str, platform: &Platform) -> Result<Arc<BaseImage>, String> {
-        let key = (format!("oci-layout://{}@{reference}", dir.display()), platform.clone());
+    pub async fn resolve_layout(
+        &self,
+        dir: &Path,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<Arc<BaseImage>, String> {
+        let key = (
+            format!("oci-layout://{}@{reference}", dir.display()),
+            platform.clone(),
+        );
         let cell = self.cell(key)?;
         cell.get_or_init(|| async {
             let store = self.store.clone();
@@ -90,7 +107,11 @@ impl BaseImages {
                     .or_else(|| loaded.iter().find(|l| l.digest.to_string() == reference))
                     .or_else(|| (loaded.len() == 1).then(|| &loaded[0]))
                     .ok_or_else(|| format!("the OCI layout {} holds no image {reference}", dir.display()))?;
-                let name = chosen.names.first().cloned().unwrap_or_else(|| kiln_exporter::stored::unnamed(&chosen.id));
+                let name = chosen
+                    .names
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| kiln_exporter::stored::unnamed(&chosen.id));
                 let image = images::local_image(&store, &name, &wanted)
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("the OCI layout {} has no image for {wanted}", dir.display()))?;
@@ -131,7 +152,9 @@ impl BaseImages {
 impl ImageResolver for BaseImages {
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<Option<ImageInfo>, String> {
         // The frontend is synchronous and runs on a blocking thread, so it can wait for the runtime here.
-        let base = self.runtime.block_on(BaseImages::resolve(self, reference, platform))?;
+        let base = self
+            .runtime
+            .block_on(BaseImages::resolve(self, reference, platform))?;
         Ok(Some(base.info.clone()))
     }
 }
@@ -145,19 +168,27 @@ fn base_image(image: ResolvedImage) -> Result<Arc<BaseImage>, String> {
     // The base's history stays with the base's layers (the exporter copies it verbatim); the build's image
     // history starts with the build's own instructions.
     info.history.clear();
-    Ok(Arc::new(BaseImage { manifest_digest: image.manifest_digest.to_string(), info, image }))
+    Ok(Arc::new(BaseImage {
+        manifest_digest: image.manifest_digest.to_string(),
+        info,
+        image,
+    }))
 }
 
 /// Reads what a build inherits from a base image's config: docker's field names, absent fields empty.
 pub fn image_info_from_config(bytes: &[u8]) -> Result<ImageInfo, String> {
     use kiln_llb::image::{HealthConfig, History};
-    let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("invalid config JSON: {e}"))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid config JSON: {e}"))?;
     let config = &json["config"];
     let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
-        v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
     };
     let keys = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
-        v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
     };
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
     let mut info = ImageInfo::default();

@@ -7,13 +7,22 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Downloads `url` to `dir/<filename>` with mode 0600 (what docker gives remote ADD files).
-pub async fn fetch(url: &str, checksum: Option<&str>, filename: Option<&str>, dir: &Path) -> Result<(), String> {
+pub async fn fetch(
+    url: &str,
+    checksum: Option<&str>,
+    filename: Option<&str>,
+    dir: &Path,
+) -> Result<(), String> {
     let expected = match checksum {
         Some(c) => Some(parse_checksum(c)?),
         None => None,
     };
-    let name = filename.filter(|n| !n.is_empty() && !n.contains('/')).unwrap_or("index.html");
-    let response = reqwest::get(url).await.map_err(|e| format!("fetching {url}: {e}"))?;
+    let name = filename
+        .filter(|n| !n.is_empty() && !n.contains('/'))
+        .unwrap_or("index.html");
+    let response = reqwest::get(url)
+        .await
+        .map_err(|e| format!("fetching {url}: {e}"))?;
     let status = response.status();
     if !status.is_success() {
         return Err(format!("fetching {url}: server answered {status}"));
@@ -30,9 +39,11 @@ pub async fn fetch(url: &str, checksum: Option<&str>, filename: Option<&str>, di
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| format!("fetching {url}: {e}"))?;
         hasher.update(&chunk);
-        file.write_all(&chunk).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        file.write_all(&chunk)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
-    file.sync_all().map_err(|e| format!("writing {}: {e}", path.display()))?;
+    file.sync_all()
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
     if let Some(expected) = expected {
         let actual = hex::encode(hasher.finalize());
         if actual != expected {
@@ -52,7 +63,9 @@ fn parse_checksum(checksum: &str) -> Result<String, String> {
     if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(hex.to_ascii_lowercase())
     } else {
-        Err(format!("invalid --checksum {checksum:?}: write sha256:<64 hex digits>"))
+        Err(format!(
+            "invalid --checksum {checksum:?}: write sha256:<64 hex digits>"
+        ))
     }
 }
 

@@ -20,7 +20,10 @@ impl MountedTree {
     /// `lower` (top first) merged. Writable views put their writes in a scratch dir that is thrown away.
     pub fn mount(store: &Store, lower: &[PathBuf], writable: bool) -> io::Result<Self> {
         let mount_point = fresh_dir(store, "mnt")?;
-        let mut tree = MountedTree { mount_point, scratch: None };
+        let mut tree = MountedTree {
+            mount_point,
+            scratch: None,
+        };
         if writable {
             let scratch = fresh_dir(store, "scratch")?;
             let (upper, work) = (scratch.join("upper"), scratch.join("work"));
@@ -37,12 +40,15 @@ impl MountedTree {
                     tree.attach(&bind)?;
                 }
                 _ => {
-                    let ctx = mounts::FsContext::open("overlay", "mounting a read-only view").map_err(mount_error)?;
+                    let ctx = mounts::FsContext::open("overlay", "mounting a read-only view")
+                        .map_err(mount_error)?;
                     ctx.set("source", "kiln").map_err(mount_error)?;
                     for dir in lower {
                         ctx.set_path("lowerdir+", dir).map_err(mount_error)?;
                     }
-                    let mount = ctx.mount(MountAttrFlags::MOUNT_ATTR_RDONLY).map_err(mount_error)?;
+                    let mount = ctx
+                        .mount(MountAttrFlags::MOUNT_ATTR_RDONLY)
+                        .map_err(mount_error)?;
                     tree.attach(&mount)?;
                 }
             }
@@ -52,7 +58,10 @@ impl MountedTree {
 
     /// `lower` (top first) merged with `upper`, whose changes are the result (a file operation's layer).
     pub fn mount_upper(store: &Store, lower: &[PathBuf], upper: &Path, work: &Path) -> io::Result<Self> {
-        let mut tree = MountedTree { mount_point: fresh_dir(store, "mnt")?, scratch: None };
+        let mut tree = MountedTree {
+            mount_point: fresh_dir(store, "mnt")?,
+            scratch: None,
+        };
         tree.attach_overlay(lower, upper, work)?;
         Ok(tree)
     }
@@ -106,20 +115,28 @@ fn fresh_dir(store: &Store, kind: &str) -> io::Result<PathBuf> {
 pub fn resolve_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
     const MAX_LINKS: usize = 40;
     let mut resolved: Vec<std::ffi::OsString> = Vec::new();
-    let mut pending: Vec<std::ffi::OsString> =
-        Path::new(path).components().rev().filter_map(component_name).collect();
+    let mut pending: Vec<std::ffi::OsString> = Path::new(path)
+        .components()
+        .rev()
+        .filter_map(component_name)
+        .collect();
     let mut links = 0;
     while let Some(name) = pending.pop() {
         if name == ".." {
             resolved.pop();
             continue;
         }
-        let candidate: PathBuf = std::iter::once(root.as_os_str()).chain(resolved.iter().map(|s| s.as_os_str())).collect::<PathBuf>().join(&name);
+        let candidate: PathBuf = std::iter::once(root.as_os_str())
+            .chain(resolved.iter().map(|s| s.as_os_str()))
+            .collect::<PathBuf>()
+            .join(&name);
         match std::fs::symlink_metadata(&candidate) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 links += 1;
                 if links > MAX_LINKS {
-                    return Err(io::Error::other(format!("too many levels of symbolic links in {path:?}")));
+                    return Err(io::Error::other(format!(
+                        "too many levels of symbolic links in {path:?}"
+                    )));
                 }
                 let target = std::fs::read_link(&candidate)?;
                 if target.is_absolute() {
@@ -130,7 +147,9 @@ pub fn resolve_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
             _ => resolved.push(name),
         }
     }
-    Ok(resolved.iter().fold(root.to_path_buf(), |acc, part| acc.join(part)))
+    Ok(resolved
+        .iter()
+        .fold(root.to_path_buf(), |acc, part| acc.join(part)))
 }
 
 fn component_name(component: Component<'_>) -> Option<std::ffi::OsString> {

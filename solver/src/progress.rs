@@ -13,13 +13,30 @@ pub enum Stream {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A step starts running; `id` is stable for the build and numbers steps in the order they start.
-    Started { id: usize, name: String },
+    Started {
+        id: usize,
+        name: String,
+    },
     /// Output of a running step.
-    Log { id: usize, stream: Stream, data: Vec<u8> },
+    Log {
+        id: usize,
+        stream: Stream,
+        data: Vec<u8>,
+    },
     /// A step whose result came from the cache.
-    Cached { id: usize, name: String },
-    Done { id: usize, duration: Duration },
-    Failed { id: usize, duration: Duration, error: String },
+    Cached {
+        id: usize,
+        name: String,
+    },
+    Done {
+        id: usize,
+        duration: Duration,
+    },
+    Failed {
+        id: usize,
+        duration: Duration,
+        error: String,
+    },
 }
 
 /// Where the solver sends events. Sending never blocks the solver: a renderer that falls behind drops nothing,

@@ -16,7 +16,9 @@ use crate::sandbox::{self, Network, OutputStream, Sandbox, SandboxMount, Sandbox
 use futures::future::{BoxFuture, FutureExt, join_all};
 use kiln_cache::{CacheRecord, PreparedSnapshot, SnapshotId, Store};
 use kiln_frontend::dockerignore::PatternMatcher;
-use kiln_llb::{Definition, Digest, Exec, FileAction, FileOp, Input, MountKind, NetworkMode, Op, Source, Vertex};
+use kiln_llb::{
+    Definition, Digest, Exec, FileAction, FileOp, Input, MountKind, NetworkMode, Op, Source, Vertex,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -55,7 +57,10 @@ enum Output {
     /// A filesystem: layers bottom to top.
     Layers(Vec<LayerRef>),
     /// A directory of the client's (the build context), used in place.
-    Dir { path: PathBuf, ignore: Option<Arc<PatternMatcher>> },
+    Dir {
+        path: PathBuf,
+        ignore: Option<Arc<PatternMatcher>>,
+    },
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -83,6 +88,9 @@ impl SolveError {
 
 type Shared<T> = Result<Arc<T>, SolveError>;
 
+/// One context hasher per local source, opened on first use.
+type HasherCell = Arc<OnceCell<Result<Arc<ContextHasher>, SolveError>>>;
+
 /// The solver for one build. Cheap to share: everything lives behind an `Arc`.
 #[derive(Clone)]
 pub struct Solver {
@@ -101,7 +109,7 @@ struct Inner {
     index: HashMap<Digest, usize>,
     keys: Vec<OnceCell<Result<blake3::Hash, SolveError>>>,
     results: Vec<OnceCell<Shared<Output>>>,
-    hashers: Mutex<HashMap<String, Arc<OnceCell<Result<Arc<ContextHasher>, SolveError>>>>>,
+    hashers: Mutex<HashMap<String, HasherCell>>,
     /// Vertices that ran or came from the cache, for the progress summary.
     ran: AtomicUsize,
     cached: AtomicUsize,
@@ -129,8 +137,8 @@ impl Solver {
         let mut index = HashMap::new();
         for def in definitions {
             for v in &def.vertices {
-                if !index.contains_key(&v.digest) {
-                    index.insert(v.digest, vertices.len());
+                if let std::collections::hash_map::Entry::Vacant(slot) = index.entry(v.digest) {
+                    slot.insert(vertices.len());
                     vertices.push(v.clone());
                 }
             }
@@ -173,12 +181,20 @@ impl Solver {
     }
 
     pub fn stats(&self) -> SolveStats {
-        SolveStats { ran: self.inner.ran.load(Ordering::Relaxed), cached: self.inner.cached.load(Ordering::Relaxed) }
+        SolveStats {
+            ran: self.inner.ran.load(Ordering::Relaxed),
+            cached: self.inner.cached.load(Ordering::Relaxed),
+        }
     }
 
     /// Saves what the context hashers learned (stat indexes), so the next build re-checks with stats alone.
     pub fn save_indexes(&self) {
-        let hashers: Vec<_> = self.inner.hashers.lock().map(|h| h.values().cloned().collect()).unwrap_or_default();
+        let hashers: Vec<_> = self
+            .inner
+            .hashers
+            .lock()
+            .map(|h| h.values().cloned().collect())
+            .unwrap_or_default();
         for cell in hashers {
             if let Some(Ok(hasher)) = cell.get()
                 && let Err(e) = hasher.save_index()
@@ -242,13 +258,20 @@ impl Inner {
         match &v.op {
             Op::Source(Source::Image { reference }) => {
                 let platform = v.platform.clone().unwrap_or_else(kiln_llb::Platform::host);
-                let base = self.bases.resolve(reference, &platform).await.map_err(|e| self.step_error(idx, e))?;
+                let base = self
+                    .bases
+                    .resolve(reference, &platform)
+                    .await
+                    .map_err(|e| self.step_error(idx, e))?;
                 hasher.update(base.manifest_digest.as_bytes());
             }
             Op::Source(Source::OciLayout { path, reference }) => {
                 let platform = v.platform.clone().unwrap_or_else(kiln_llb::Platform::host);
-                let base =
-                    self.bases.resolve_layout(Path::new(path), reference, &platform).await.map_err(|e| self.step_error(idx, e))?;
+                let base = self
+                    .bases
+                    .resolve_layout(Path::new(path), reference, &platform)
+                    .await
+                    .map_err(|e| self.step_error(idx, e))?;
                 hasher.update(base.manifest_digest.as_bytes());
             }
             Op::Exec(exec) => {
@@ -256,8 +279,14 @@ impl Inner {
                     if let (MountKind::Bind, Some(input)) = (&mount.kind, mount.input)
                         && let Some(name) = self.local_source_name(idx, input)
                     {
-                        let selector = if mount.selector.is_empty() { ".".to_string() } else { mount.selector.clone() };
-                        let part = self.hash_context(idx, &name, vec![selector], true, Vec::new()).await?;
+                        let selector = if mount.selector.is_empty() {
+                            ".".to_string()
+                        } else {
+                            mount.selector.clone()
+                        };
+                        let part = self
+                            .hash_context(idx, &name, vec![selector], true, Vec::new())
+                            .await?;
                         hasher.update(part.as_bytes());
                     }
                 }
@@ -268,7 +297,13 @@ impl Inner {
                         && let Some(name) = self.local_source_name(idx, copy.src_input)
                     {
                         let part = self
-                            .hash_context(idx, &name, copy.src.clone(), copy.follow_symlinks, copy.exclude.clone())
+                            .hash_context(
+                                idx,
+                                &name,
+                                copy.src.clone(),
+                                copy.follow_symlinks,
+                                copy.exclude.clone(),
+                            )
                             .await?;
                         hasher.update(part.as_bytes());
                     }
@@ -301,7 +336,9 @@ impl Inner {
 
     fn local_dir(&self, name: &str) -> Result<PathBuf, SolveError> {
         self.options.local_dirs.get(name).cloned().ok_or_else(|| {
-            SolveError::other(format!("the build uses the local directory {name:?}, but none was given for it"))
+            SolveError::other(format!(
+                "the build uses the local directory {name:?}, but none was given for it"
+            ))
         })
     }
 
@@ -309,12 +346,17 @@ impl Inner {
     /// input is a client directory, whose files are owned by root in the image whoever owns them on the host.
     fn ignore_matcher(&self, name: &str) -> Result<Option<Arc<PatternMatcher>>, SolveError> {
         let excludes = self.local_excludes(name);
-        PatternMatcher::new(&excludes).map(|m| Some(Arc::new(m))).map_err(|e| SolveError::other(format!(".dockerignore: {e}")))
+        PatternMatcher::new(&excludes)
+            .map(|m| Some(Arc::new(m)))
+            .map_err(|e| SolveError::other(format!(".dockerignore: {e}")))
     }
 
     async fn hasher(&self, name: &str) -> Result<Arc<ContextHasher>, SolveError> {
         let cell = {
-            let mut hashers = self.hashers.lock().map_err(|_| SolveError::other("context hashers poisoned"))?;
+            let mut hashers = self
+                .hashers
+                .lock()
+                .map_err(|_| SolveError::other("context hashers poisoned"))?;
             hashers.entry(name.to_string()).or_default().clone()
         };
         cell.get_or_init(|| async {
@@ -328,7 +370,9 @@ impl Inner {
                 };
                 ContextHasher::open(&dir, matcher, Some(&index_dir))
                     .map(Arc::new)
-                    .map_err(|e| SolveError::other(format!("reading the build context {}: {e}", dir.display())))
+                    .map_err(|e| {
+                        SolveError::other(format!("reading the build context {}: {e}", dir.display()))
+                    })
             })
             .await
             .map_err(SolveError::other)?
@@ -346,9 +390,10 @@ impl Inner {
         exclude: Vec<String>,
     ) -> Result<blake3::Hash, SolveError> {
         let hasher = self.hasher(name).await?;
-        let result = tokio::task::spawn_blocking(move || hasher.hash_selection(&patterns, follow_symlinks, &exclude))
-            .await
-            .map_err(SolveError::other)?;
+        let result =
+            tokio::task::spawn_blocking(move || hasher.hash_selection(&patterns, follow_symlinks, &exclude))
+                .await
+                .map_err(SolveError::other)?;
         result.map_err(|e| self.step_error(idx, e))
     }
 
@@ -357,7 +402,10 @@ impl Inner {
     fn result(self: Arc<Self>, idx: usize) -> BoxFuture<'static, Shared<Output>> {
         async move {
             let this = self.clone();
-            self.results[idx].get_or_init(|| this.compute_result(idx)).await.clone()
+            self.results[idx]
+                .get_or_init(|| this.compute_result(idx))
+                .await
+                .clone()
         }
         .boxed()
     }
@@ -389,7 +437,10 @@ impl Inner {
             self.cached.fetch_add(1, Ordering::Relaxed);
             if !v.meta.description.is_empty() && !matches!(v.op, Op::Source(_)) {
                 let id = self.next_step.fetch_add(1, Ordering::Relaxed);
-                self.emit(Event::Cached { id, name: v.meta.description.clone() });
+                self.emit(Event::Cached {
+                    id,
+                    name: v.meta.description.clone(),
+                });
             }
             return Ok(Arc::new(Output::Layers(layers)));
         }
@@ -397,17 +448,27 @@ impl Inner {
         let _permit = self.permits.acquire().await.map_err(SolveError::other)?;
         let id = self.next_step.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        self.emit(Event::Started { id, name: v.meta.description.clone() });
+        self.emit(Event::Started {
+            id,
+            name: v.meta.description.clone(),
+        });
         let outcome = self.clone().run(idx, id, inputs).await;
         match outcome {
             Ok(layers) => {
                 self.ran.fetch_add(1, Ordering::Relaxed);
-                self.emit(Event::Done { id, duration: started.elapsed() });
+                self.emit(Event::Done {
+                    id,
+                    duration: started.elapsed(),
+                });
                 self.record(&key_text, &layers)?;
                 Ok(Arc::new(Output::Layers(layers)))
             }
             Err(e) => {
-                self.emit(Event::Failed { id, duration: started.elapsed(), error: e.to_string() });
+                self.emit(Event::Failed {
+                    id,
+                    duration: started.elapsed(),
+                    error: e.to_string(),
+                });
                 Err(e)
             }
         }
@@ -418,7 +479,10 @@ impl Inner {
         for input in &self.vertices[idx].inputs {
             positions.push(self.position(&input.vertex)?);
         }
-        join_all(positions.into_iter().map(|i| self.clone().result(i))).await.into_iter().collect()
+        join_all(positions.into_iter().map(|i| self.clone().result(i)))
+            .await
+            .into_iter()
+            .collect()
     }
 
     fn layers_of(&self, idx: usize, output: &Output) -> Result<Vec<LayerRef>, SolveError> {
@@ -426,17 +490,28 @@ impl Inner {
             Output::Layers(layers) => Ok(layers.clone()),
             Output::Dir { path, .. } => Err(self.step_error(
                 idx,
-                format!("a client directory ({}) cannot be used as a filesystem here", path.display()),
+                format!(
+                    "a client directory ({}) cannot be used as a filesystem here",
+                    path.display()
+                ),
             )),
         }
     }
 
     /// Layers of a cache record, if it exists and every snapshot it names is still in the store.
     fn cached_layers(&self, key: &str) -> Result<Option<Vec<LayerRef>>, SolveError> {
-        let Some(record) = self.store.get_cache_record(key).map_err(SolveError::other)? else { return Ok(None) };
-        let Ok(layers) = serde_json::from_value::<Vec<LayerRef>>(record.result) else { return Ok(None) };
+        let Some(record) = self.store.get_cache_record(key).map_err(SolveError::other)? else {
+            return Ok(None);
+        };
+        let Ok(layers) = serde_json::from_value::<Vec<LayerRef>>(record.result) else {
+            return Ok(None);
+        };
         for layer in &layers {
-            if self.store.snapshot(&layer.snapshot).map_err(SolveError::other)?.is_none()
+            if self
+                .store
+                .snapshot(&layer.snapshot)
+                .map_err(SolveError::other)?
+                .is_none()
                 || !self.store.snapshot_path(&layer.snapshot).is_dir()
             {
                 return Ok(None);
@@ -446,18 +521,31 @@ impl Inner {
     }
 
     fn record(&self, key: &str, layers: &[LayerRef]) -> Result<(), SolveError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let record = CacheRecord {
             result: serde_json::to_value(layers).map_err(SolveError::other)?,
-            blobs: layers.iter().filter_map(|l| l.blob.as_ref().map(|b| b.digest)).collect(),
+            blobs: layers
+                .iter()
+                .filter_map(|l| l.blob.as_ref().map(|b| b.digest))
+                .collect(),
             snapshots: layers.iter().map(|l| l.snapshot.clone()).collect(),
             created: now,
             last_used: now,
         };
-        self.store.put_cache_record(key, &record).map_err(SolveError::other)
+        self.store
+            .put_cache_record(key, &record)
+            .map_err(SolveError::other)
     }
 
-    async fn run(self: Arc<Self>, idx: usize, step: usize, inputs: Vec<Arc<Output>>) -> Result<Vec<LayerRef>, SolveError> {
+    async fn run(
+        self: Arc<Self>,
+        idx: usize,
+        step: usize,
+        inputs: Vec<Arc<Output>>,
+    ) -> Result<Vec<LayerRef>, SolveError> {
         let v = &self.vertices[idx];
         let platform = v.platform.clone().unwrap_or_else(kiln_llb::Platform::host);
         match &v.op {
@@ -502,12 +590,19 @@ impl Inner {
     }
 
     fn snapshot_dirs(&self, layers: &[LayerRef]) -> Vec<PathBuf> {
-        layers.iter().rev().map(|l| self.store.snapshot_path(&l.snapshot)).collect()
+        layers
+            .iter()
+            .rev()
+            .map(|l| self.store.snapshot_path(&l.snapshot))
+            .collect()
     }
 
     fn commit(&self, prepared: PreparedSnapshot, below: &[LayerRef]) -> Result<Vec<LayerRef>, SolveError> {
         let parent = below.last().map(|l| &l.snapshot);
-        let snapshot = self.store.commit_snapshot(prepared, parent).map_err(SolveError::other)?;
+        let snapshot = self
+            .store
+            .commit_snapshot(prepared, parent)
+            .map_err(SolveError::other)?;
         let mut layers = below.to_vec();
         layers.push(LayerRef { snapshot, blob: None });
         Ok(layers)
@@ -520,7 +615,9 @@ impl Inner {
         exec: &Exec,
         inputs: &[Arc<Output>],
     ) -> Result<Vec<LayerRef>, SolveError> {
-        let input_of = |mount_input: Option<u32>| -> Option<&Arc<Output>> { mount_input.and_then(|i| inputs.get(i as usize)) };
+        let input_of = |mount_input: Option<u32>| -> Option<&Arc<Output>> {
+            mount_input.and_then(|i| inputs.get(i as usize))
+        };
         let rootfs_mount = exec.mounts.iter().find(|m| m.dest == "/" && m.output);
         let below = match rootfs_mount.and_then(|m| input_of(m.input)) {
             Some(output) => self.layers_of(idx, output)?,
@@ -536,11 +633,15 @@ impl Inner {
                 MountKind::Bind => {
                     let source = match input_of(mount.input).map(|o| &**o) {
                         Some(Output::Dir { path, .. }) => overlay::resolve_in_root(path, &mount.selector)
-                            .map_err(|e| self.step_error(idx, format!("mount source {:?}: {e}", mount.selector)))?,
+                            .map_err(|e| {
+                                self.step_error(idx, format!("mount source {:?}: {e}", mount.selector))
+                            })?,
                         Some(Output::Layers(layers)) => {
                             let view = self.mount_view(layers, !mount.readonly)?;
-                            let path = overlay::resolve_in_root(view.path(), &mount.selector)
-                                .map_err(|e| self.step_error(idx, format!("mount source {:?}: {e}", mount.selector)))?;
+                            let path =
+                                overlay::resolve_in_root(view.path(), &mount.selector).map_err(|e| {
+                                    self.step_error(idx, format!("mount source {:?}: {e}", mount.selector))
+                                })?;
                             views.push(view);
                             path
                         }
@@ -551,28 +652,51 @@ impl Inner {
                             path
                         }
                     };
-                    mounts.push(SandboxMount::Bind { source, dest: mount.dest.clone(), readonly: mount.readonly });
+                    mounts.push(SandboxMount::Bind {
+                        source,
+                        dest: mount.dest.clone(),
+                        readonly: mount.readonly,
+                    });
                 }
                 MountKind::Cache { id, sharing } => {
                     let dir = self.cache_mount_dir(id, mount.owner_mode)?;
-                    if matches!(sharing, kiln_llb::CacheSharing::Private | kiln_llb::CacheSharing::Locked) {
+                    if matches!(
+                        sharing,
+                        kiln_llb::CacheSharing::Private | kiln_llb::CacheSharing::Locked
+                    ) {
                         // Private and locked caches are used by one step at a time, across kiln processes too.
                         let name = format!("cache-mount-{}", blake3::hash(id.as_bytes()).to_hex());
                         locks.push(self.store.lock(&name).map_err(SolveError::other)?);
                     }
-                    mounts.push(SandboxMount::Bind { source: dir, dest: mount.dest.clone(), readonly: mount.readonly });
+                    mounts.push(SandboxMount::Bind {
+                        source: dir,
+                        dest: mount.dest.clone(),
+                        readonly: mount.readonly,
+                    });
                 }
-                MountKind::Tmpfs { size } => mounts.push(SandboxMount::Tmpfs { dest: mount.dest.clone(), size: *size }),
-                MountKind::Secret { id, required } => match self.options.secrets.get(id) {
-                    Some(path) => mounts.push(SandboxMount::Bind { source: path.clone(), dest: mount.dest.clone(), readonly: true }),
-                    None if *required => {
-                        return Err(self.step_error(idx, format!("secret {id:?} is required but was not given (pass --secret id={id},src=FILE)")));
+                MountKind::Tmpfs { size } => mounts.push(SandboxMount::Tmpfs {
+                    dest: mount.dest.clone(),
+                    size: *size,
+                }),
+                MountKind::Secret { id, required } => {
+                    match self.options.secrets.get(id) {
+                        Some(path) => mounts.push(SandboxMount::Bind {
+                            source: path.clone(),
+                            dest: mount.dest.clone(),
+                            readonly: true,
+                        }),
+                        None if *required => {
+                            return Err(self.step_error(idx, format!("secret {id:?} is required but was not given (pass --secret id={id},src=FILE)")));
+                        }
+                        None => {}
                     }
-                    None => {}
-                },
+                }
                 MountKind::Ssh { id, required } => {
                     if *required {
-                        return Err(self.step_error(idx, format!("ssh agent {id:?} is required, but kiln does not forward ssh agents yet")));
+                        return Err(self.step_error(
+                            idx,
+                            format!("ssh agent {id:?} is required, but kiln does not forward ssh agents yet"),
+                        ));
                     }
                 }
             }
@@ -605,7 +729,11 @@ impl Inner {
                     OutputStream::Stdout => Stream::Stdout,
                     OutputStream::Stderr => Stream::Stderr,
                 };
-                this.emit(Event::Log { id: step, stream, data: data.to_vec() });
+                this.emit(Event::Log {
+                    id: step,
+                    stream,
+                    data: data.to_vec(),
+                });
             });
             (status, tail.lines())
         })
@@ -619,7 +747,10 @@ impl Inner {
             let command = exec.args.last().map(String::as_str).unwrap_or_default();
             let message = match status.signal {
                 Some(signal) => format!("process {command:?} was killed by signal {signal}"),
-                None => format!("process {command:?} did not complete successfully: exit code: {}", status.code),
+                None => format!(
+                    "process {command:?} did not complete successfully: exit code: {}",
+                    status.code
+                ),
             };
             return Err(SolveError::Step {
                 description: v.meta.description.clone(),
@@ -639,9 +770,14 @@ impl Inner {
 
     /// A persistent directory for `RUN --mount=type=cache`, shared by every build using the same id.
     fn cache_mount_dir(&self, id: &str, owner_mode: Option<(u32, u32, u32)>) -> Result<PathBuf, SolveError> {
-        let dir = self.store.root().join("cache-mounts").join(blake3::hash(id.as_bytes()).to_hex().as_str());
+        let dir = self
+            .store
+            .root()
+            .join("cache-mounts")
+            .join(blake3::hash(id.as_bytes()).to_hex().as_str());
         if !dir.exists() {
-            std::fs::create_dir_all(&dir).map_err(|e| SolveError::other(format!("creating cache mount {id:?}: {e}")))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| SolveError::other(format!("creating cache mount {id:?}: {e}")))?;
             if let Some((uid, gid, mode)) = owner_mode {
                 use std::os::unix::fs::PermissionsExt;
                 std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
@@ -652,7 +788,12 @@ impl Inner {
         Ok(dir)
     }
 
-    async fn run_file(self: &Arc<Self>, idx: usize, file: &FileOp, inputs: &[Arc<Output>]) -> Result<Vec<LayerRef>, SolveError> {
+    async fn run_file(
+        self: &Arc<Self>,
+        idx: usize,
+        file: &FileOp,
+        inputs: &[Arc<Output>],
+    ) -> Result<Vec<LayerRef>, SolveError> {
         let below = match (file.has_base, inputs.first()) {
             (true, Some(base)) => self.layers_of(idx, base)?,
             _ => Vec::new(),
@@ -663,8 +804,13 @@ impl Inner {
         let target = if below.is_empty() {
             prepared.upper.clone()
         } else {
-            let view = MountedTree::mount_upper(&self.store, &self.snapshot_dirs(&below), &prepared.upper, &prepared.work)
-                .map_err(SolveError::other)?;
+            let view = MountedTree::mount_upper(
+                &self.store,
+                &self.snapshot_dirs(&below),
+                &prepared.upper,
+                &prepared.work,
+            )
+            .map_err(SolveError::other)?;
             let path = view.path().to_path_buf();
             views.push(view);
             path
@@ -693,7 +839,12 @@ impl Inner {
         let actions = file.actions.clone();
         let result = tokio::task::spawn_blocking(move || {
             let ignore_refs: Vec<Option<&PatternMatcher>> = ignores.iter().map(|i| i.as_deref()).collect();
-            let env = FileOpEnv { target: &target, inputs: &roots, ignore: &ignore_refs, timestamp: None };
+            let env = FileOpEnv {
+                target: &target,
+                inputs: &roots,
+                ignore: &ignore_refs,
+                timestamp: None,
+            };
             fileop::apply(&env, &actions)
         })
         .await

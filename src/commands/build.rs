@@ -36,7 +36,9 @@ pub fn run(global: &GlobalArgs, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let store = image_cmds::open_store(global)?;
     let lease = store.create_lease()?;
     let leased = store.with_lease(&lease);
-    let outcome = build(global, &args, &loaded, &platforms, labels, secrets, local_dirs, &leased, started);
+    let outcome = build(
+        global, &args, &loaded, &platforms, labels, secrets, local_dirs, &leased, started,
+    );
     // Everything the build made is named (tagged) or recorded in the cache by now.
     if let Err(e) = store.release_lease(&lease) {
         tracing::warn!("releasing the build's lease: {e}");
@@ -58,7 +60,12 @@ fn build(
 ) -> anyhow::Result<ExitCode> {
     let runtime = image_cmds::runtime()?;
     let registry = image_cmds::registry_client(global)?;
-    let bases = Arc::new(BaseImages::new(store.clone(), registry, args.pull, runtime.handle().clone()));
+    let bases = Arc::new(BaseImages::new(
+        store.clone(),
+        registry,
+        args.pull,
+        runtime.handle().clone(),
+    ));
     let path = dockerfile::dockerfile_path(&args.dockerfile);
 
     // The frontend asks for base image configs synchronously, so it runs on a blocking thread.
@@ -75,12 +82,20 @@ fn build(
         converted.push(result.map_err(|d| dockerfile::located(d, &loaded.display_name))?);
     }
     report_lints(loaded, &converted)?;
-    for unused in converted.first().map(|c| c.unused_build_args.clone()).unwrap_or_default() {
+    for unused in converted
+        .first()
+        .map(|c| c.unused_build_args.clone())
+        .unwrap_or_default()
+    {
         eprintln!("WARNING: build-arg {unused:?} was not consumed by any stage that was built");
     }
 
     let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-    let mode = if args.quiet { ProgressMode::Quiet } else { args.progress };
+    let mode = if args.quiet {
+        ProgressMode::Quiet
+    } else {
+        args.progress
+    };
     let renderer = runtime.spawn(progress::render(mode, receiver));
     let definitions: Vec<_> = converted.iter().map(|c| c.definition.clone()).collect();
     let options = SolveOptions {
@@ -90,7 +105,14 @@ fn build(
         local_dirs,
         secrets,
     };
-    let solver = Solver::new(store.clone(), bases, Sandbox::new(), options, Some(events), &definitions);
+    let solver = Solver::new(
+        store.clone(),
+        bases,
+        Sandbox::new(),
+        options,
+        Some(events),
+        &definitions,
+    );
     let solved: Result<Vec<Vec<LayerRef>>, SolveError> = runtime.block_on(async {
         let roots = converted.iter().map(|c| solver.solve(c.definition.root));
         futures_join(roots).await
@@ -107,7 +129,10 @@ fn build(
         }
     };
 
-    let opts = ImageOptions { labels, ..ImageOptions::default() };
+    let opts = ImageOptions {
+        labels,
+        ..ImageOptions::default()
+    };
     let mut built: Vec<BuiltImage> = Vec::new();
     for (c, layers) in converted.iter().zip(&solved) {
         built.push(export(store, c, layers, &opts)?);
@@ -152,7 +177,11 @@ fn build(
             short(&id),
             started.elapsed().as_secs_f64(),
             tally.cached.max(stats.cached),
-            if names.is_empty() { String::new() } else { format!(": {}", names.join(", ")) }
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", names.join(", "))
+            }
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -170,20 +199,36 @@ where
 }
 
 /// Writes the image: the base image's blobs as they are, the build's own layers exported from snapshots.
-fn export(store: &Store, c: &Converted, layers: &[LayerRef], opts: &ImageOptions) -> anyhow::Result<BuiltImage> {
+fn export(
+    store: &Store,
+    c: &Converted,
+    layers: &[LayerRef],
+    opts: &ImageOptions,
+) -> anyhow::Result<BuiltImage> {
     let base_count = layers.iter().take_while(|l| l.blob.is_some()).count();
     let base = match layers[..base_count].last().and_then(|l| l.blob.as_ref()) {
         Some(top) => {
             let base = BaseImage::from_store(store, &top.manifest)?;
             if base.layers.len() != base_count {
-                bail!("internal: the base image {} has {} layers, the build found {base_count}", top.manifest, base.layers.len());
+                bail!(
+                    "internal: the base image {} has {} layers, the build found {base_count}",
+                    top.manifest,
+                    base.layers.len()
+                );
             }
             base
         }
         None => BaseImage::default(),
     };
     let snapshots: Vec<_> = layers[base_count..].iter().map(|l| l.snapshot.clone()).collect();
-    Ok(build_image(store, &base, &snapshots, &c.image, &c.platform, opts)?)
+    Ok(build_image(
+        store,
+        &base,
+        &snapshots,
+        &c.image,
+        &c.platform,
+        opts,
+    )?)
 }
 
 fn short(digest: &Digest) -> String {
@@ -215,10 +260,16 @@ fn secrets(raw: &[String]) -> anyhow::Result<HashMap<String, PathBuf>> {
             PathBuf::from(src)
         } else {
             let var = fields.get("env").copied().unwrap_or(id);
-            let value = std::env::var(var).with_context(|| format!("--secret {id}: environment variable {var} is not set"))?;
+            let value = std::env::var(var)
+                .with_context(|| format!("--secret {id}: environment variable {var} is not set"))?;
             let file = std::env::temp_dir().join(format!("kiln-secret-{}-{id}", std::process::id()));
             use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&file)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&file)?;
             std::io::Write::write_all(&mut f, value.as_bytes())?;
             file
         };
@@ -232,7 +283,14 @@ fn secrets(raw: &[String]) -> anyhow::Result<HashMap<String, PathBuf>> {
 
 /// A failed build, the way BuildKit shows it: the step, its last output, the Dockerfile lines, the reason.
 fn render_solve_error(error: &SolveError, loaded: &LoadedDockerfile) -> String {
-    let SolveError::Step { description, lines, message, output_tail, .. } = error else {
+    let SolveError::Step {
+        description,
+        lines,
+        message,
+        output_tail,
+        ..
+    } = error
+    else {
         return format!("error: failed to solve: {error}");
     };
     let mut out = String::new();
@@ -244,11 +302,24 @@ fn render_solve_error(error: &SolveError, loaded: &LoadedDockerfile) -> String {
         out.push_str("------\n");
     }
     if let Some((start, end)) = lines {
-        out.push_str(&format!("{}:{start}\n--------------------\n", loaded.display_name));
+        out.push_str(&format!(
+            "{}:{start}\n--------------------\n",
+            loaded.display_name
+        ));
         let first = start.saturating_sub(2).max(1);
-        for (i, text) in loaded.source.lines().enumerate().skip(first - 1).take(end + 2 - first + 1) {
+        for (i, text) in loaded
+            .source
+            .lines()
+            .enumerate()
+            .skip(first - 1)
+            .take(end + 2 - first + 1)
+        {
             let number = i + 1;
-            let marker = if (*start..=*end).contains(&number) { ">>>" } else { "   " };
+            let marker = if (*start..=*end).contains(&number) {
+                ">>>"
+            } else {
+                "   "
+            };
             out.push_str(&format!(" {number:>3} | {marker} {text}\n"));
         }
         out.push_str("--------------------\n");
@@ -290,8 +361,8 @@ fn check(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let mut warnings: Vec<LintWarning> = lint::lint(&loaded.ast);
     for platform in dockerfile::platforms(&args.dockerfile)? {
         let opts = dockerfile::convert_options(&args.dockerfile, &path, &platform)?;
-        let converted =
-            convert::convert(&loaded.ast, &opts, None).map_err(|d| dockerfile::located(d, &loaded.display_name))?;
+        let converted = convert::convert(&loaded.ast, &opts, None)
+            .map_err(|d| dockerfile::located(d, &loaded.display_name))?;
         warnings.extend(converted.lints);
     }
     let warnings = enabled(&config, warnings);
@@ -300,7 +371,14 @@ fn check(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     }
     match warnings.len() {
         0 => eprintln!("Check complete, no warnings found."),
-        n => eprintln!("Check complete, {n} warning{} found.", if n == 1 { " was" } else { "s were" }),
+        n => eprintln!(
+            "Check complete, {n} warning{} found.",
+            if n == 1 { " was" } else { "s were" }
+        ),
     }
-    Ok(if config.error && !warnings.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if config.error && !warnings.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -34,7 +34,11 @@ pub fn load(path: &Path) -> anyhow::Result<LoadedDockerfile> {
         )
     })?;
     let ast = parser::parse(&source).map_err(|d| located(d, &display_name))?;
-    Ok(LoadedDockerfile { display_name, source, ast })
+    Ok(LoadedDockerfile {
+        display_name,
+        source,
+        ast,
+    })
 }
 
 /// Attaches the file name to a frontend diagnostic so it prints as `file:line:col`.
@@ -112,9 +116,13 @@ pub fn local_dirs(args: &DockerfileArgs) -> anyhow::Result<HashMap<String, PathB
     let mut dirs = HashMap::new();
     for (name, context) in named_contexts(args)? {
         if context == NamedContext::Local
-            && let Some((_, value)) = args.build_contexts.iter().find_map(|raw| raw.split_once('=').filter(|(n, _)| *n == name))
+            && let Some((_, value)) = args
+                .build_contexts
+                .iter()
+                .find_map(|raw| raw.split_once('=').filter(|(n, _)| *n == name))
         {
-            let dir = std::fs::canonicalize(value).with_context(|| format!("--build-context {name}={value}"))?;
+            let dir =
+                std::fs::canonicalize(value).with_context(|| format!("--build-context {name}={value}"))?;
             dirs.insert(format!("{}:{name}", kiln_frontend::convert::CONTEXT_NAME), dir);
         }
     }

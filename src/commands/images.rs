@@ -219,7 +219,13 @@ pub fn images(global: &GlobalArgs, args: ImagesArgs) -> anyhow::Result<ExitCode>
 pub fn print_table(rows: &[Vec<String>]) {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for row in rows {
         let mut line = String::new();
@@ -270,7 +276,11 @@ pub fn rmi(global: &GlobalArgs, args: RmiArgs) -> anyhow::Result<ExitCode> {
             failed = true;
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Removes names as docker does: a name removes that name; an ID removes its one name, or all of them with
@@ -328,17 +338,23 @@ pub fn inspect(global: &GlobalArgs, images: &[String]) -> anyhow::Result<ExitCod
         }
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// docker inspect's fields for the host's platform (or the first), plus the manifest, the config and, for
 /// an index, every platform present.
 fn inspect_json(image: &StoredImage, names: &[String]) -> anyhow::Result<serde_json::Value> {
     let host = Platform::host();
-    let main = image
-        .select(&host)
-        .or(image.manifests.first())
-        .with_context(|| format!("image {}: none of its platforms is complete in the store", image.name))?;
+    let main = image.select(&host).or(image.manifests.first()).with_context(|| {
+        format!(
+            "image {}: none of its platforms is complete in the store",
+            image.name
+        )
+    })?;
     let config: serde_json::Value = serde_json::from_slice(&main.config_bytes)?;
     let manifest: serde_json::Value = serde_json::from_slice(&main.bytes)?;
     let mut tags = BTreeSet::new();
@@ -351,7 +367,10 @@ fn inspect_json(image: &StoredImage, names: &[String]) -> anyhow::Result<serde_j
             digests.insert(format!(
                 "{}@{}",
                 parts.repository,
-                parts.digest.clone().unwrap_or_else(|| image.record.digest.to_string())
+                parts
+                    .digest
+                    .clone()
+                    .unwrap_or_else(|| image.record.digest.to_string())
             ));
         }
     }

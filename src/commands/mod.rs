@@ -1,11 +1,11 @@
 //! One module per command group; each turns parsed arguments into calls on the library crates.
 
+mod archive;
 mod build;
-mod run;
 mod debug;
 mod dockerfile;
-mod archive;
 mod images;
+mod run;
 mod storage;
 mod transfer;
 

@@ -16,7 +16,8 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
     };
-    let wanted = kiln_registry::Platform::new(&platform.os, &platform.architecture, platform.variant.as_deref());
+    let wanted =
+        kiln_registry::Platform::new(&platform.os, &platform.architecture, platform.variant.as_deref());
     let store = image_cmds::open_store(global)?;
     let lease = store.create_lease()?;
     let leased = store.with_lease(&lease);
@@ -27,7 +28,9 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                 let reference = Reference::parse(&args.image)
                     .with_context(|| format!("no image {:?} in the store", args.image))?;
                 let registry = image_cmds::registry_client(global)?;
-                image_cmds::runtime()?.block_on(images::resolve_for_build(&leased, &registry, &reference, &wanted, false))?
+                image_cmds::runtime()?.block_on(images::resolve_for_build(
+                    &leased, &registry, &reference, &wanted, false,
+                ))?
             }
         };
         let info = image_info_from_config(&image.config).map_err(anyhow::Error::msg)?;
@@ -37,15 +40,27 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         let config = info.config;
         let mut command = config.entrypoint.clone().unwrap_or_default();
-        command.extend(if args.command.is_empty() { config.cmd.clone().unwrap_or_default() } else { args.command.clone() });
+        command.extend(if args.command.is_empty() {
+            config.cmd.clone().unwrap_or_default()
+        } else {
+            args.command.clone()
+        });
         if command.is_empty() {
-            bail!("image {} has no ENTRYPOINT or CMD: give a command, e.g. `kiln run {} sh`", args.image, args.image);
+            bail!(
+                "image {} has no ENTRYPOINT or CMD: give a command, e.g. `kiln run {} sh`",
+                args.image,
+                args.image
+            );
         }
         let mut env = config.env.clone();
         for entry in &args.env {
             let key = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
             env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
-            env.push(if entry.contains('=') { entry.clone() } else { format!("{key}={}", std::env::var(key).unwrap_or_default()) });
+            env.push(if entry.contains('=') {
+                entry.clone()
+            } else {
+                format!("{key}={}", std::env::var(key).unwrap_or_default())
+            });
         }
         let network = match args.network.as_str() {
             "host" | "default" => Network::Host,

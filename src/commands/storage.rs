@@ -14,7 +14,11 @@ pub fn prune(global: &GlobalArgs, args: PruneArgs) -> anyhow::Result<ExitCode> {
     if !args.force {
         print!(
             "WARNING! This will remove all content no image refers to{}. Are you sure you want to continue? [y/N] ",
-            if args.all { ", and all build cache not in use" } else { "" }
+            if args.all {
+                ", and all build cache not in use"
+            } else {
+                ""
+            }
         );
         std::io::stdout().flush()?;
         let mut answer = String::new();
@@ -89,7 +93,9 @@ pub fn du(global: &GlobalArgs, verbose: bool) -> anyhow::Result<ExitCode> {
 /// with optional `i` and `b`), in powers of 1024.
 pub fn parse_size(s: &str) -> anyhow::Result<u64> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let value: f64 = match number.parse() {
         Ok(v) => v,

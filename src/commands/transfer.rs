@@ -25,8 +25,12 @@ struct Transfers {
 
 impl Transfers {
     fn new(quiet: bool) -> Transfers {
-        let bars = (!quiet && std::io::stderr().is_terminal())
-            .then(|| (MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), HashMap::new()));
+        let bars = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            (
+                MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                HashMap::new(),
+            )
+        });
         Transfers { bars, quiet }
     }
 
@@ -61,7 +65,10 @@ impl Transfers {
         match self.bar(digest, size) {
             Some(bar) => {
                 bar.set_position(size);
-                bar.set_style(ProgressStyle::with_template("{prefix}: {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+                bar.set_style(
+                    ProgressStyle::with_template("{prefix}: {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
                 bar.finish_with_message(message);
             }
             None => println!("{}: {message}", short_id(digest)),
@@ -100,18 +107,25 @@ pub fn pull(global: &GlobalArgs, args: PullArgs) -> anyhow::Result<ExitCode> {
         reference.digest().or(reference.tag()).unwrap_or("latest"),
         reference.repository()
     ));
-    let pulled = runtime()?.block_on(images::pull(&store, &registry, &reference, &platforms, |event| {
-        match event {
-            PullProgress::Resolved { .. } => {}
-            PullProgress::Exists { digest, size } => out.finish(&digest, size, "Already exists".into()),
-            PullProgress::Downloading {
-                digest,
-                received,
-                total,
-            } => out.update(&digest, received, total, "Downloading"),
-            PullProgress::Downloaded { digest, size } => out.finish(&digest, size, "Pull complete".into()),
-        }
-    }))?;
+    let pulled =
+        runtime()?.block_on(images::pull(
+            &store,
+            &registry,
+            &reference,
+            &platforms,
+            |event| match event {
+                PullProgress::Resolved { .. } => {}
+                PullProgress::Exists { digest, size } => out.finish(&digest, size, "Already exists".into()),
+                PullProgress::Downloading {
+                    digest,
+                    received,
+                    total,
+                } => out.update(&digest, received, total, "Downloading"),
+                PullProgress::Downloaded { digest, size } => {
+                    out.finish(&digest, size, "Pull complete".into())
+                }
+            },
+        ))?;
     let familiar = stored::familiar_name(&pulled.name);
     out.println(&format!("Digest: {}", pulled.digest));
     if pulled.downloaded == 0 && !pulled.changed {
@@ -134,21 +148,34 @@ pub fn push(global: &GlobalArgs, args: PushArgs) -> anyhow::Result<ExitCode> {
         stored::familiar_name(&format!("{}/{}", target.registry(), target.repository()))
     ));
     let tag = target.tag().unwrap_or("latest").to_owned();
-    let digest = runtime()?.block_on(kiln_exporter::push(&store, &registry, &local, &target, |event| {
-        match event {
-            PushProgress::Exists { digest, size } => out.finish(&digest, size, "Layer already exists".into()),
-            PushProgress::Mounted { digest, size, from } => {
-                out.finish(&digest, size, format!("Mounted from {from}"))
-            }
-            PushProgress::Uploading { digest, sent, total } => out.update(&digest, sent, total, "Pushing"),
-            PushProgress::Pushed { digest, size } => out.finish(&digest, size, "Pushed".into()),
-            PushProgress::Manifest { reference, digest, size } => {
-                if reference == target.to_string() {
-                    out.println(&format!("{tag}: digest: {digest} size: {size}"));
+    let digest =
+        runtime()?.block_on(kiln_exporter::push(
+            &store,
+            &registry,
+            &local,
+            &target,
+            |event| match event {
+                PushProgress::Exists { digest, size } => {
+                    out.finish(&digest, size, "Layer already exists".into())
                 }
-            }
-        }
-    }))?;
+                PushProgress::Mounted { digest, size, from } => {
+                    out.finish(&digest, size, format!("Mounted from {from}"))
+                }
+                PushProgress::Uploading { digest, sent, total } => {
+                    out.update(&digest, sent, total, "Pushing")
+                }
+                PushProgress::Pushed { digest, size } => out.finish(&digest, size, "Pushed".into()),
+                PushProgress::Manifest {
+                    reference,
+                    digest,
+                    size,
+                } => {
+                    if reference == target.to_string() {
+                        out.println(&format!("{tag}: digest: {digest} size: {size}"));
+                    }
+                }
+            },
+        ))?;
     if args.quiet {
         println!("{digest}");
     }
@@ -175,7 +202,10 @@ pub fn login(global: &GlobalArgs, args: LoginArgs) -> anyhow::Result<ExitCode> {
     }
     let password = if args.password_stdin {
         let mut s = String::new();
-        stdin.lock().read_to_string(&mut s).context("read the password from standard input")?;
+        stdin
+            .lock()
+            .read_to_string(&mut s)
+            .context("read the password from standard input")?;
         s.trim_end_matches(['\n', '\r']).to_owned()
     } else if let Some(p) = args.password {
         eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");

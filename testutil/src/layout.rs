@@ -206,7 +206,9 @@ pub fn busybox_index_layout(dir: &Path, arches: &[&str]) -> io::Result<IndexLayo
     }))?;
     let index_digest = sha256_digest(&index);
     fs::write(
-        dir.join("blobs").join("sha256").join(index_digest.trim_start_matches("sha256:")),
+        dir.join("blobs")
+            .join("sha256")
+            .join(index_digest.trim_start_matches("sha256:")),
         &index,
     )?;
     let top = serde_json::to_vec(&serde_json::json!({

@@ -91,8 +91,11 @@ impl Registry {
             let port = free_port();
             let addr = format!("127.0.0.1:{port}");
             let config = dir.path().join("config.yml");
-            fs::write(&config, config_yml(dir.path(), &addr, htpasswd.as_deref(), access_log))
-                .expect("write docker-registry config");
+            fs::write(
+                &config,
+                config_yml(dir.path(), &addr, htpasswd.as_deref(), access_log),
+            )
+            .expect("write docker-registry config");
             let log_path = dir.path().join("registry.log");
             let log = fs::File::create(&log_path).expect("create registry log");
             let log_err = log.try_clone().expect("clone registry log handle");

@@ -74,9 +74,7 @@ fn ingest_tar(store: &Store, reader: impl Read + Send, what: &str) -> Result<Ing
     if head.is_empty() {
         return Err(Error::invalid(what, "the archive is empty"));
     }
-    let decompressed = Compression::detect(head)
-        .decoder(raw)
-        .map_err(Error::io(what))?;
+    let decompressed = Compression::detect(head).decoder(raw).map_err(Error::io(what))?;
     let mut archive = tar::Archive::new(decompressed);
     let mut out = Ingested {
         metadata: BTreeMap::new(),
@@ -110,7 +108,10 @@ fn ingest_tar(store: &Store, reader: impl Read + Send, what: &str) -> Result<Ing
         }
         if METADATA_FILES.contains(&path.as_str()) {
             if entry.size() > MAX_METADATA {
-                return Err(Error::invalid(what, format!("{path} is larger than {MAX_METADATA} bytes")));
+                return Err(Error::invalid(
+                    what,
+                    format!("{path} is larger than {MAX_METADATA} bytes"),
+                ));
             }
             let mut bytes = Vec::new();
             entry.read_to_end(&mut bytes).map_err(tar_error)?;
@@ -133,7 +134,12 @@ fn blob_path_digest(path: &str) -> Option<Digest> {
     Digest::from_hex(path.strip_prefix("blobs/sha256/")?).ok()
 }
 
-fn store_blob(store: &Store, content: &mut impl Read, expected: Option<&Digest>, what: &str) -> Result<BlobRef> {
+fn store_blob(
+    store: &Store,
+    content: &mut impl Read,
+    expected: Option<&Digest>,
+    what: &str,
+) -> Result<BlobRef> {
     let mut writer = store.blob_writer().map_err(Error::store(what))?;
     io::copy(content, &mut writer).map_err(Error::io(what))?;
     let info = writer.commit(expected).map_err(Error::store(what))?;
@@ -200,7 +206,11 @@ fn ingest_dir(store: &Store, dir: &Path, what: &str) -> Result<Ingested> {
             let bytes = store.read_blob(&blob.digest).map_err(Error::store(what))?;
             let label = format!("{what}: {path}");
             if stored::is_index(&blob.media_type) {
-                pending.extend(stored::parse_index(&bytes, &label)?.into_iter().map(|e| e.manifest));
+                pending.extend(
+                    stored::parse_index(&bytes, &label)?
+                        .into_iter()
+                        .map(|e| e.manifest),
+                );
             } else {
                 let parts = stored::parse_manifest(&bytes, &label)?;
                 pending.push(parts.config);
@@ -252,7 +262,11 @@ impl Ingested {
     }
 
     fn record_oci(&self, store: &Store, what: &str) -> Result<Vec<LoadedImage>> {
-        let index = self.metadata.get("index.json").map(Vec::as_slice).unwrap_or_default();
+        let index = self
+            .metadata
+            .get("index.json")
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let mut loaded = Vec::new();
         for entry in stored::parse_index(index, &format!("{what}: index.json"))? {
             let top = &entry.manifest;
@@ -261,7 +275,10 @@ impl Ingested {
                 continue;
             }
             if !store.has_blob(&top.digest).map_err(Error::store(what))? {
-                return Err(Error::invalid(what, format!("{} {} is not in the archive", top.media_type, top.digest)));
+                return Err(Error::invalid(
+                    what,
+                    format!("{} {} is not in the archive", top.media_type, top.digest),
+                ));
             }
             let record = kiln_cache::ImageRecord {
                 digest: top.digest,
@@ -269,12 +286,20 @@ impl Ingested {
                 platforms: Vec::new(),
                 created: stored::now_secs(),
             };
-            let image = StoredImage::read(store, "", record).map_err(|e| Error::invalid(what, e.to_string()))?;
-            let expected = if stored::is_index(&top.media_type) { None } else { Some(1) };
+            let image =
+                StoredImage::read(store, "", record).map_err(|e| Error::invalid(what, e.to_string()))?;
+            let expected = if stored::is_index(&top.media_type) {
+                None
+            } else {
+                Some(1)
+            };
             if image.manifests.is_empty() || expected.is_some_and(|n| image.manifests.len() != n) {
                 return Err(Error::invalid(
                     what,
-                    format!("image {}: its config or layers are not in the archive", top.digest),
+                    format!(
+                        "image {}: its config or layers are not in the archive",
+                        top.digest
+                    ),
                 ));
             }
             for m in &image.manifests {
@@ -364,9 +389,11 @@ fn oci_name(annotations: &BTreeMap<String, String>) -> Option<String> {
 fn verify_layers(store: &Store, layers: &[BlobRef], diff_ids: &[Digest], what: &str) -> Result<()> {
     for (layer, diff_id) in layers.iter().zip(diff_ids) {
         let context = format!("{what}: layer {}", layer.digest);
-        let compression =
-            Compression::from_media_type(&layer.media_type).map_err(|e| Error::invalid(&context, e.to_string()))?;
-        let (actual, _) = store.layer_diff_id(&layer.digest).map_err(Error::store(&context))?;
+        let compression = Compression::from_media_type(&layer.media_type)
+            .map_err(|e| Error::invalid(&context, e.to_string()))?;
+        let (actual, _) = store
+            .layer_diff_id(&layer.digest)
+            .map_err(Error::store(&context))?;
         if actual != *diff_id {
             return Err(Error::invalid(
                 context,
@@ -379,7 +406,9 @@ fn verify_layers(store: &Store, layers: &[BlobRef], diff_ids: &[Digest], what: &
             compression: Some(compression),
             ..BlobMeta::default()
         };
-        store.set_blob_meta(&layer.digest, &meta).map_err(Error::store(&context))?;
+        store
+            .set_blob_meta(&layer.digest, &meta)
+            .map_err(Error::store(&context))?;
     }
     Ok(())
 }
@@ -389,7 +418,10 @@ fn detect(store: &Store, blob: &Digest, what: &str) -> Result<Compression> {
     let mut file = store.open_blob(blob).map_err(Error::store(what))?;
     let mut n = 0;
     while n < head.len() {
-        match file.read(&mut head[n..]).map_err(Error::io(format!("{what}: read {blob}")))? {
+        match file
+            .read(&mut head[n..])
+            .map_err(Error::io(format!("{what}: read {blob}")))?
+        {
             0 => break,
             k => n += k,
         }
@@ -418,11 +450,21 @@ fn record_loaded(store: &Store, image: &StoredImage, names: Vec<String>, what: &
             .iter()
             .any(|(name, _)| !stored::is_unnamed(name));
         // An image that has a name already is not `<none>` as well.
-        if named { Vec::new() } else { vec![stored::unnamed(&id)] }
+        if named {
+            Vec::new()
+        } else {
+            vec![stored::unnamed(&id)]
+        }
     };
     for key in &keys {
-        stored::record_image(store, key, image.record.digest, &image.record.media_type, &platforms)
-            .map_err(|e| Error::invalid(what, e.to_string()))?;
+        stored::record_image(
+            store,
+            key,
+            image.record.digest,
+            &image.record.media_type,
+            &platforms,
+        )
+        .map_err(|e| Error::invalid(what, e.to_string()))?;
     }
     Ok(LoadedImage {
         names,

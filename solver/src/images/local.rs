@@ -45,8 +45,16 @@ impl LocalImage {
     }
 }
 
-/// The image `name` (a reference such as `busybox` or a stored name) for `platform`, if the store has it.
+/// The image `name` (a reference such as `busybox`, a stored name, or an image ID `sha256:…` such as an
+/// unnamed loaded image is known by) for `platform`, if the store has it.
 pub fn local_image(store: &Store, name: &str, platform: &Platform) -> Result<Option<LocalImage>> {
+    if stored::is_unnamed(name) {
+        return match stored::find(store, name) {
+            Ok(found) => Ok(found.image().select(platform).map(|m| LocalImage::new(name, m))),
+            Err(kiln_exporter::Error::NoSuchImage(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        };
+    }
     let key = match Reference::parse(name) {
         Ok(r) => stored::image_name(&r),
         Err(_) => name.to_owned(),
@@ -107,9 +115,14 @@ pub fn materialize(store: &Store, image: &ResolvedImage) -> Result<Vec<SnapshotI
     let mut snapshots = Vec::with_capacity(image.layers.len());
     for (i, ((blob, media_type), diff_id)) in image.layers.iter().zip(&image.diff_ids).enumerate() {
         let context = format!("image {}: layer {} ({blob})", image.name, i + 1);
-        let id = store.unpack_layer(blob, media_type).map_err(Error::store(&context))?;
+        let id = store
+            .unpack_layer(blob, media_type)
+            .map_err(Error::store(&context))?;
         // A layer kiln built itself is already a snapshot (named by the build), recorded with its diff_id.
-        let recorded = store.snapshot(&id).map_err(Error::store(&context))?.and_then(|r| r.diff_id);
+        let recorded = store
+            .snapshot(&id)
+            .map_err(Error::store(&context))?
+            .and_then(|r| r.diff_id);
         if id != SnapshotId::for_diff_id(diff_id) && recorded != Some(*diff_id) {
             return Err(Error::invalid(
                 context,

@@ -16,16 +16,24 @@ const PARALLEL_DOWNLOADS: usize = 3;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PullProgress {
     /// The reference names this index or manifest.
-    Resolved { digest: Digest },
+    Resolved {
+        digest: Digest,
+    },
     /// The store has the blob already; it is not downloaded.
-    Exists { digest: Digest, size: u64 },
+    Exists {
+        digest: Digest,
+        size: u64,
+    },
     /// Bytes of the blob received so far.
     Downloading {
         digest: Digest,
         received: u64,
         total: u64,
     },
-    Downloaded { digest: Digest, size: u64 },
+    Downloaded {
+        digest: Digest,
+        size: u64,
+    },
 }
 
 /// One platform image of a pull.
@@ -63,7 +71,11 @@ pub async fn pull(
 ) -> Result<PulledImage> {
     let context = format!("pull {reference}");
     let host = [Platform::host()];
-    let wanted = if platforms.is_empty() { &host[..] } else { platforms };
+    let wanted = if platforms.is_empty() {
+        &host[..]
+    } else {
+        platforms
+    };
     let lease = LeaseGuard::new(store, &context)?;
     let leased = lease.store();
 
@@ -78,13 +90,20 @@ pub async fn pull(
             .as_ref()
             .map_or(&resolved.manifest_digest, |i| &i.digest);
         pinned = reference.with_digest(top.as_ref());
-        if !images.iter().any(|i| i.manifest_digest == resolved.manifest_digest) {
+        if !images
+            .iter()
+            .any(|i| i.manifest_digest == resolved.manifest_digest)
+        {
             images.push(resolved);
         }
     }
     let first = &images[0];
     let (top_digest, top_media_type, top_bytes) = match &first.index {
-        Some(index) => (index.digest.clone(), index.media_type.clone(), index.bytes.clone()),
+        Some(index) => (
+            index.digest.clone(),
+            index.media_type.clone(),
+            index.bytes.clone(),
+        ),
         None => (
             first.manifest_digest.clone(),
             first.media_type.clone(),
@@ -114,10 +133,14 @@ pub async fn pull(
         let config_bytes = leased
             .read_blob(&parts.config.digest)
             .map_err(Error::store(&context))?;
-        let config = stored::parse_config(&config_bytes, &format!("{context}: config {}", parts.config.digest))?;
+        let config = stored::parse_config(
+            &config_bytes,
+            &format!("{context}: config {}", parts.config.digest),
+        )?;
         stored::check_layers_match(&parts, &config, &what)?;
         for layer in &parts.layers {
-            Compression::from_media_type(&layer.media_type).map_err(|e| Error::invalid(&what, e.to_string()))?;
+            Compression::from_media_type(&layer.media_type)
+                .map_err(|e| Error::invalid(&what, e.to_string()))?;
         }
         if image.index.is_none()
             && !platforms.is_empty()
@@ -240,21 +263,28 @@ async fn fetch(
         blob: &blob,
         events: &events,
     };
-    registry.fetch_blob(&reference, &descriptor, &mut counting).await?;
+    registry
+        .fetch_blob(&reference, &descriptor, &mut counting)
+        .await?;
     let digest = blob.digest;
     let info = tokio::task::spawn_blocking(move || writer.commit(Some(&digest)))
         .await
         .map_err(|e| Error::invalid(&context, format!("storing blob {digest} failed: {e}")))?
         .map_err(Error::store(&context))?;
     if let Ok(compression) = Compression::from_media_type(&blob.media_type)
-        && store.blob_meta(&digest).map_err(Error::store(&context))?.is_none()
+        && store
+            .blob_meta(&digest)
+            .map_err(Error::store(&context))?
+            .is_none()
     {
         let meta = BlobMeta {
             media_type: Some(blob.media_type.clone()),
             compression: Some(compression),
             ..BlobMeta::default()
         };
-        store.set_blob_meta(&digest, &meta).map_err(Error::store(&context))?;
+        store
+            .set_blob_meta(&digest, &meta)
+            .map_err(Error::store(&context))?;
     }
     let _ = events.send(PullProgress::Downloaded {
         digest,
