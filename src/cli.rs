@@ -148,6 +148,12 @@ pub struct BuildArgs {
     /// Print only the image ID
     #[arg(short, long)]
     pub quiet: bool,
+    /// Output destination: type=image|oci|docker|local|tar with options (buildx syntax), DIR, or - ; may repeat
+    #[arg(short = 'o', long = "output", value_name = "type=TYPE[,KEY=VALUE...]")]
+    pub outputs: Vec<String>,
+    /// Push the image to its registry (shorthand for --output=type=image,push=true)
+    #[arg(long)]
+    pub push: bool,
 }
 
 #[derive(Args, Debug)]

@@ -26,6 +26,11 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// Writing a build output failed: `output` names its kind and destination, `error` why. The inner error
+    /// is shown, not chained, so that the reason is printed once however the error is rendered.
+    #[error("write the {output}: {error}")]
+    Output { output: String, error: Box<Error> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -35,6 +40,13 @@ impl Error {
         Error::Invalid {
             what: what.into(),
             reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn output(output: impl Into<String>, error: Error) -> Error {
+        Error::Output {
+            output: output.into(),
+            error: Box::new(error),
         }
     }
 

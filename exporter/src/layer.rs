@@ -11,19 +11,20 @@
 //!
 //! Overlay's own markers become OCI's: a whiteout (a character device 0/0) is a `.wh.NAME` entry, and an
 //! opaque directory (xattr `trusted.overlay.opaque=y`) is its directory entry followed by `.wh..wh..opq`.
+//!
+//! The walk (order, links, sockets, overlay semantics) is [`crate::tree`]'s; [`merged_tar`] writes the
+//! merged view of a layer chain with the same headers, for the `type=tar` output.
 
-use std::collections::HashMap;
-use std::fs::{File, Metadata};
+use std::fs::Metadata;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags};
-use rustix::io::Errno;
 use tar::{EntryType, Header};
 
 use crate::error::{Error, Result};
+use crate::tree::{Kind, Node, Tree, content, content_xattrs};
 
 /// How a layer tar is made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,73 +44,51 @@ pub struct TarSummary {
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-/// Overlay xattrs that move content elsewhere: a tar of the upperdir alone would be wrong. kiln mounts with
-/// `redirect_dir=off,metacopy=off`, so meeting one means the directory was not made by kiln's overlay.
-const CONTENT_ELSEWHERE_XATTRS: &[&str] = &["trusted.overlay.redirect", "trusted.overlay.metacopy"];
 /// Largest values the ustar numeric fields hold in octal (8-byte ids, 12-byte size and mtime).
 const MAX_USTAR_ID: u64 = 0o7777777;
 const MAX_USTAR_NUM: u64 = 0o77777777777;
 
 /// Writes the layer tar of `diff_dir` to `w` (ending with the two zero blocks) and says what it held.
 pub fn layer_tar(diff_dir: &Path, w: impl Write, opts: &LayerOptions) -> Result<TarSummary> {
-    let meta = lstat(diff_dir)?;
-    if !meta.is_dir() {
-        return Err(Error::invalid(
-            format!("layer directory {}", diff_dir.display()),
-            "not a directory",
-        ));
-    }
-    let mut tar = TarWriter {
-        builder: tar::Builder::new(w),
-        epoch: opts.source_date_epoch,
-        first_names: HashMap::new(),
-        entries: 0,
-    };
-    // A root made opaque hides every lower layer.
-    if is_opaque(&xattrs(diff_dir)?) {
-        tar.marker(b"", &meta, diff_dir)?;
-    }
-    // An explicit stack, not recursion: a step can create directories deeper than any thread stack.
-    let mut stack = Vec::new();
-    push_children(&mut stack, b"", diff_dir)?;
-    while let Some((name, path)) = stack.pop() {
-        if tar.entry(&name, &path)? {
-            push_children(&mut stack, &name, &path)?;
-        }
-    }
-    let mut builder = tar.builder;
-    builder.finish().map_err(Error::io(format!(
-        "write the layer tar of {}",
-        diff_dir.display()
-    )))?;
-    Ok(TarSummary { entries: tar.entries })
+    write_tree(
+        &Tree::diff(diff_dir),
+        w,
+        opts.source_date_epoch,
+        true,
+        &format!("the layer tar of {}", diff_dir.display()),
+    )
 }
 
-/// Pushes the children of `dir` so that they pop in ascending byte order.
-fn push_children(stack: &mut Vec<(Vec<u8>, PathBuf)>, prefix: &[u8], dir: &Path) -> Result<()> {
-    let list_err = || Error::io(format!("list {}", dir.display()));
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(list_err())? {
-        names.push(entry.map_err(list_err())?.file_name());
-    }
-    names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
-    for name in names {
-        let mut tar_name = prefix.to_vec();
-        if !tar_name.is_empty() {
-            tar_name.push(b'/');
-        }
-        tar_name.extend_from_slice(name.as_bytes());
-        stack.push((tar_name, dir.join(name)));
-    }
-    Ok(())
+/// Writes the filesystem that the diff directories `layers` (bottom first) show merged, as a tar with the
+/// same deterministic headers as a layer's, and no overlay markers: what is deleted or hidden is left out.
+pub fn merged_tar(layers: &[PathBuf], w: impl Write, source_date_epoch: Option<u64>) -> Result<TarSummary> {
+    write_tree(
+        &Tree::merged(layers),
+        w,
+        source_date_epoch,
+        false,
+        "the filesystem tar",
+    )
+}
+
+fn write_tree(tree: &Tree, w: impl Write, epoch: Option<u64>, layer: bool, what: &str) -> Result<TarSummary> {
+    let mut tar = TarWriter {
+        builder: tar::Builder::new(w),
+        epoch,
+        layer,
+        entries: 0,
+    };
+    tree.walk(|node| tar.node(node))?;
+    let mut builder = tar.builder;
+    builder.finish().map_err(Error::io(format!("write {what}")))?;
+    Ok(TarSummary { entries: tar.entries })
 }
 
 struct TarWriter<W: Write> {
     builder: tar::Builder<W>,
     epoch: Option<u64>,
-    /// (dev, ino) of files with several names → the name the first was written under.
-    first_names: HashMap<(u64, u64), Vec<u8>>,
+    /// Writing one layer's diff, where `.wh.` names are markers; in a merged filesystem they are plain names.
+    layer: bool,
     entries: u64,
 }
 
@@ -181,22 +160,9 @@ impl Entry {
         }
     }
 
-    /// PAX records for the xattrs an image keeps; refuses the ones that say the content is elsewhere.
-    fn xattrs(&mut self, xattrs: &[(String, Vec<u8>)], path: &Path) -> Result<()> {
-        for (key, value) in xattrs {
-            if CONTENT_ELSEWHERE_XATTRS.contains(&key.as_str()) {
-                return Err(Error::invalid(
-                    format!("file {}", path.display()),
-                    format!(
-                        "has overlayfs xattr {key}: its content lives in a lower layer (mounted with redirect_dir or metacopy on)"
-                    ),
-                ));
-            }
-            // Overlay's bookkeeping is expressed by whiteout entries or means nothing in an image; an SELinux
-            // label is the building host's, and would make the layer differ between machines.
-            if key.starts_with("trusted.overlay.") || key == "security.selinux" {
-                continue;
-            }
+    /// PAX records for the xattrs an image keeps.
+    fn xattrs(&mut self, node: &Node) -> Result<()> {
+        for (key, value) in content_xattrs(&node.xattrs, &node.path)? {
             self.pax.push((format!("SCHILY.xattr.{key}"), value.clone()));
         }
         Ok(())
@@ -204,70 +170,62 @@ impl Entry {
 }
 
 impl<W: Write> TarWriter<W> {
-    /// Writes the entry for `path`; returns whether it is a directory to descend into.
-    fn entry(&mut self, name: &[u8], path: &Path) -> Result<bool> {
-        let meta = lstat(path)?;
-        let ft = meta.file_type();
-        if ft.is_socket() {
-            // A socket is a live endpoint, not content; docker and BuildKit leave them out too.
-            return Ok(false);
+    /// Writes the entry of one name of the tree.
+    fn node(&mut self, node: &Node) -> Result<()> {
+        let (name, path, meta) = (node.name.as_slice(), node.path.as_path(), &node.meta);
+        if name.is_empty() {
+            // No entry for the root, only the marker of an opaque one: it hides every lower layer.
+            if node.kind == (Kind::Dir { opaque: true }) {
+                self.marker(b"", meta, path)?;
+            }
+            return Ok(());
         }
-        let base = name.rsplit(|b| *b == b'/').next().unwrap_or(name);
-        if ft.is_char_device() && meta.rdev() == 0 {
-            // Before the hardlink check: overlayfs links whiteouts to one shared inode.
-            let parent = &name[..name.len() - base.len()];
-            let mut wh = parent.to_vec();
-            wh.extend_from_slice(WHITEOUT_PREFIX);
-            wh.extend_from_slice(base);
-            let mut e = Entry::new(EntryType::Regular, &wh);
-            e.number("mtime", self.mtime(&meta), MAX_USTAR_NUM, Header::set_mtime);
-            self.append(e, io::empty(), path)?;
-            return Ok(false);
-        }
-        if base.starts_with(WHITEOUT_PREFIX) {
+        let base = node.base();
+        if self.layer && node.kind != Kind::Whiteout && base.starts_with(WHITEOUT_PREFIX) {
             return Err(Error::invalid(
                 format!("file {}", path.display()),
                 "a name starting with .wh. cannot be stored in a layer: OCI reads it as a whiteout",
             ));
         }
-        let mtime = self.mtime(&meta);
-        if !ft.is_dir() && meta.nlink() > 1 {
-            let key = (meta.dev(), meta.ino());
-            if let Some(first) = self.first_names.get(&key).cloned() {
-                let mut e = Entry::new(EntryType::Link, name);
-                e.owner_and_time(&meta, mtime);
-                e.link(&first);
-                self.append(e, io::empty(), path)?;
-                return Ok(false);
-            }
-            self.first_names.insert(key, name.to_vec());
-        }
-        let xattrs = xattrs(path)?;
-        if ft.is_dir() {
-            let mut dir_name = name.to_vec();
-            dir_name.push(b'/');
-            let mut e = Entry::new(EntryType::Directory, &dir_name);
-            e.owner_and_time(&meta, mtime);
-            e.xattrs(&xattrs, path)?;
-            self.append(e, io::empty(), path)?;
-            if is_opaque(&xattrs) {
-                self.marker(name, &meta, path)?;
-            }
-            return Ok(true);
-        }
+        let mtime = self.mtime(meta);
+        let ft = meta.file_type();
         let mut e;
+        match &node.kind {
+            Kind::Whiteout => {
+                let parent = &name[..name.len() - base.len()];
+                let mut wh = parent.to_vec();
+                wh.extend_from_slice(WHITEOUT_PREFIX);
+                wh.extend_from_slice(base);
+                e = Entry::new(EntryType::Regular, &wh);
+                e.number("mtime", mtime, MAX_USTAR_NUM, Header::set_mtime);
+                return self.append(e, io::empty(), path);
+            }
+            Kind::Link { first } => {
+                e = Entry::new(EntryType::Link, name);
+                e.owner_and_time(meta, mtime);
+                e.link(first);
+                return self.append(e, io::empty(), path);
+            }
+            Kind::Dir { opaque } => {
+                let mut dir_name = name.to_vec();
+                dir_name.push(b'/');
+                e = Entry::new(EntryType::Directory, &dir_name);
+                e.owner_and_time(meta, mtime);
+                e.xattrs(node)?;
+                self.append(e, io::empty(), path)?;
+                if *opaque {
+                    self.marker(name, meta, path)?;
+                }
+                return Ok(());
+            }
+            Kind::Other => {}
+        }
         if ft.is_file() {
             e = Entry::new(EntryType::Regular, name);
-            e.owner_and_time(&meta, mtime);
+            e.owner_and_time(meta, mtime);
             e.size(meta.len());
-            e.xattrs(&xattrs, path)?;
-            let file = open_nofollow(path)?;
-            let content = Exact {
-                inner: file.take(meta.len()),
-                left: meta.len(),
-            };
-            self.append(e, content, path)?;
-            return Ok(false);
+            e.xattrs(node)?;
+            return self.append(e, content(node)?, path);
         }
         if ft.is_symlink() {
             let target =
@@ -295,10 +253,9 @@ impl<W: Write> TarWriter<W> {
                 format!("unsupported file type {ft:?}"),
             ));
         }
-        e.owner_and_time(&meta, mtime);
-        e.xattrs(&xattrs, path)?;
-        self.append(e, io::empty(), path)?;
-        Ok(false)
+        e.owner_and_time(meta, mtime);
+        e.xattrs(node)?;
+        self.append(e, io::empty(), path)
     }
 
     /// The `.wh..wh..opq` entry that makes directory `dir` (a tar name, empty for the root) opaque.
@@ -331,102 +288,5 @@ impl<W: Write> TarWriter<W> {
         // Before 1970 is not representable in ustar; such a file is written as of the epoch's start.
         let own = u64::try_from(meta.mtime()).unwrap_or(0);
         self.epoch.map_or(own, |epoch| own.min(epoch))
-    }
-}
-
-/// Reads exactly `left` bytes: a file that shrank since it was measured would otherwise leave the archive
-/// short of what its header promised.
-struct Exact<R> {
-    inner: R,
-    left: u64,
-}
-
-impl<R: Read> Read for Exact<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 && self.left > 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "the file shrank while being archived ({} bytes missing)",
-                    self.left
-                ),
-            ));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-fn lstat(path: &Path) -> Result<Metadata> {
-    std::fs::symlink_metadata(path).map_err(Error::io(format!("stat {}", path.display())))
-}
-
-fn open_nofollow(path: &Path) -> Result<File> {
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::io(format!("open {}", path.display()))(e.into()))?;
-    Ok(File::from(fd))
-}
-
-fn is_opaque(xattrs: &[(String, Vec<u8>)]) -> bool {
-    xattrs.iter().any(|(k, v)| k == OPAQUE_XATTR && v == b"y")
-}
-
-/// The extended attributes of `path` itself (not a symlink's target), sorted by name.
-fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-    let err = |what: &str, e: Errno| Error::io(format!("{what} of {}", path.display()))(e.into());
-    let names = match read_sized(
-        || rustix::fs::llistxattr_query(path),
-        |buf| rustix::fs::llistxattr(path, buf),
-    ) {
-        Ok(names) => names,
-        // A filesystem without xattrs has none to archive.
-        Err(Errno::NOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(err("list xattrs", e)),
-    };
-    let mut out = Vec::new();
-    for raw in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let name = std::str::from_utf8(raw).map_err(|_| {
-            Error::invalid(
-                format!("file {}", path.display()),
-                format!("xattr name {:?} is not UTF-8", String::from_utf8_lossy(raw)),
-            )
-        })?;
-        match read_sized(
-            || rustix::fs::lgetxattr_query(path, name),
-            |buf| rustix::fs::lgetxattr(path, name, buf),
-        ) {
-            Ok(value) => out.push((name.to_owned(), value)),
-            // Removed between the listing and the read.
-            Err(Errno::NODATA) => {}
-            Err(e) => return Err(err(&format!("read xattr {name}"), e)),
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Asks a value's size, then reads it (listxattr, getxattr), again if it grew in between.
-fn read_sized(
-    query: impl Fn() -> rustix::io::Result<usize>,
-    fill: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
-) -> rustix::io::Result<Vec<u8>> {
-    loop {
-        let mut buf = vec![0u8; query()?];
-        if buf.is_empty() {
-            return Ok(buf);
-        }
-        match fill(&mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(Errno::RANGE) => continue,
-            Err(e) => return Err(e),
-        }
     }
 }

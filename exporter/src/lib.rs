@@ -1,9 +1,12 @@
 //! Exporters: turn images into what users ship. [`stored`] reads images as the store holds them (names,
 //! indexes, platform manifests, IDs), [`push()`] sends one to a registry, [`archive`] writes OCI and docker
-//! archives. [`image`] makes images from build results: [`layer`] turns a snapshot into a deterministic layer
-//! tar, [`export`] hashes and compresses it into the store once, and the config, manifest and index are
-//! written as [`canonical`] JSON.
+//! archives and OCI layouts. [`image`] makes images from build results: [`layer`] turns a snapshot into a
+//! deterministic layer tar, [`export`] hashes and compresses it into the store once, and the config, manifest
+//! and index are written as [`canonical`] JSON. [`output`] is the build's `-o/--output`: a built image as an
+//! archive or layout, or its final filesystem (the layer chain merged as overlayfs shows it) as a directory
+//! or a tar.
 
+mod atomic;
 mod error;
 
 pub mod archive;
@@ -11,9 +14,11 @@ pub mod canonical;
 pub mod export;
 pub mod image;
 pub mod layer;
+pub mod output;
 pub mod parallel;
 pub mod push;
 pub mod stored;
+mod tree;
 
 pub use archive::{ArchiveFormat, save};
 pub use error::{Error, Result};

@@ -8,8 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use build_support::{
-    Env, dir, dir_transport, file, image_layout, index_layout, is_canonical_json, run, set_xattr, snapshot,
-    whiteout,
+    Env, busybox_base, dir, dir_transport, file, image_layout, index_layout, is_canonical_json, run,
+    set_xattr, snapshot, whiteout,
 };
 use kiln_cache::{Digest, SnapshotId, Store};
 use kiln_exporter::export::Compression;
@@ -21,16 +21,8 @@ use serde_json::{Value, json};
 const EPOCH: u64 = 1_700_000_000;
 const CREATED: &str = "2023-11-14T22:13:20Z";
 
-/// The busybox test image, imported into the store as a pulled base would be.
 fn base(env: &Env) -> BaseImage {
-    let layout =
-        kiln_testutil::busybox_oci_layout(&env.path("base-layout"), "amd64").expect("busybox layout");
-    for (digest, bytes) in layout.blobs().expect("blobs") {
-        let stored = env.store.put_bytes(&bytes).expect("put");
-        assert_eq!(stored.to_string(), digest);
-    }
-    let manifest: Digest = layout.manifest_digest.parse().expect("digest");
-    BaseImage::from_store(&env.store, &manifest).expect("base image")
+    busybox_base(env)
 }
 
 /// Three build steps on the base: add files and delete a base file; change nothing; replace a directory.

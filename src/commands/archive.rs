@@ -1,12 +1,11 @@
 //! `kiln load` and `kiln save`.
 
-use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use kiln_exporter::ArchiveFormat;
+use kiln_exporter::output::{self, Dest};
 use kiln_exporter::stored;
 use kiln_solver::images;
 
@@ -44,41 +43,13 @@ pub fn save(global: &GlobalArgs, args: SaveArgs) -> anyhow::Result<ExitCode> {
         SaveFormat::Oci => ArchiveFormat::Oci,
         SaveFormat::Docker => ArchiveFormat::Docker,
     };
-    match &args.output {
-        Some(path) => {
-            // Written beside the target and renamed over it, so FILE is never seen half-written.
-            let tmp = temp_beside(path);
-            let result = File::create(&tmp)
-                .with_context(|| format!("create {}", tmp.display()))
-                .and_then(|file| {
-                    let mut out = BufWriter::new(file);
-                    kiln_exporter::save(&store, &args.images, &mut out, format)?;
-                    let file = out.into_inner().map_err(|e| e.into_error())?;
-                    file.sync_all()?;
-                    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
-                });
-            if result.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            result?;
-        }
-        None => {
-            let stdout = std::io::stdout();
-            if stdout.is_terminal() {
-                bail!("refusing to write an archive to a terminal: use -o FILE or redirect");
-            }
-            let mut out = stdout.lock();
-            kiln_exporter::save(&store, &args.images, &mut out, format)?;
-            out.flush()?;
-        }
-    }
+    let dest = match &args.output {
+        Some(path) => Dest::Path(path.clone()),
+        None => Dest::Stdout,
+    };
+    // Through the build outputs' writer: a file appears whole or not at all, and a terminal is refused.
+    output::write_stream(&dest, |out| {
+        kiln_exporter::save(&store, &args.images, out, format)
+    })?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn temp_beside(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.kiln-{}.tmp", std::process::id()))
 }

@@ -2,10 +2,12 @@
 
 use super::dockerfile::{self, LoadedDockerfile};
 use super::images as image_cmds;
+use super::output::{self, Kind, Output};
 use crate::cli::{BuildArgs, GlobalArgs};
 use crate::progress::{self, ProgressMode};
 use anyhow::{Context, bail};
 use kiln_cache::{Digest, Store};
+use kiln_exporter::ArchiveFormat;
 use kiln_exporter::image::{BaseImage, Built, BuiltImage, ImageOptions, build_image, build_index, tag};
 use kiln_frontend::convert::{self, Converted};
 use kiln_frontend::lint::{self, CheckConfig, LintWarning};
@@ -62,7 +64,7 @@ fn build(
     let registry = image_cmds::registry_client(global)?;
     let bases = Arc::new(BaseImages::new(
         store.clone(),
-        registry,
+        registry.clone(),
         args.pull,
         runtime.handle().clone(),
     ));
@@ -129,62 +131,228 @@ fn build(
         }
     };
 
-    let opts = ImageOptions {
-        labels,
-        ..ImageOptions::default()
-    };
-    let mut built: Vec<BuiltImage> = Vec::new();
-    for (c, layers) in converted.iter().zip(&solved) {
-        built.push(export(store, c, layers, &opts)?);
-    }
-    let (id, digest, media_type) = match built.as_slice() {
-        [one] => (one.config_digest, one.manifest_digest, one.media_type.clone()),
-        many => {
-            let index = build_index(store, many, opts.oci_mediatypes, &opts.annotations)?;
-            let names: Vec<String> = args.tags.clone();
-            for name in &names {
-                tag(store, name, Built::Index(&index))?;
+    let outputs = outputs(args)?;
+    let epoch = source_date_epoch(args)?;
+    // The image that --iidfile, --metadata-file and the summary speak of: the first image output's.
+    let mut result: Option<ImageResult> = None;
+    for output in &outputs {
+        match &output.kind {
+            Kind::Local { dest } => {
+                for (c, layers) in converted.iter().zip(&solved) {
+                    let dest = if converted.len() > 1 {
+                        dest.join(platform_dir(&c.platform))
+                    } else {
+                        dest.clone()
+                    };
+                    let snapshots: Vec<_> = layers.iter().map(|l| l.snapshot.clone()).collect();
+                    kiln_exporter::output::write_local(store, &snapshots, &dest, epoch)
+                        .with_context(|| format!("writing the filesystem to {}", dest.display()))?;
+                }
             }
-            (index.digest, index.digest, index.media_type.clone())
+            Kind::Tar { dest } => {
+                if converted.len() > 1 {
+                    bail!("--output type=tar writes one filesystem; build one --platform at a time");
+                }
+                for layers in &solved {
+                    let snapshots: Vec<_> = layers.iter().map(|l| l.snapshot.clone()).collect();
+                    kiln_exporter::output::write_tar(store, &snapshots, dest, epoch)?;
+                }
+            }
+            Kind::Image { names, push } => {
+                let image = export_all(store, &converted, &solved, output, &labels, epoch, true)?;
+                let mut all_names: Vec<String> = args.tags.clone();
+                all_names.extend(names.iter().cloned());
+                let mut tagged = Vec::new();
+                for name in &all_names {
+                    tagged.push(tag(store, name, image.built()).with_context(|| format!("tagging {name}"))?);
+                }
+                if *push || args.push {
+                    if all_names.is_empty() {
+                        bail!("--push needs a name: give -t NAME");
+                    }
+                    for (name, full) in all_names.iter().zip(&tagged) {
+                        let target = kiln_registry::Reference::parse(name)?;
+                        let digest = runtime
+                            .block_on(kiln_exporter::push(store, &registry, full, &target, |_| {}))
+                            .with_context(|| format!("pushing {name}"))?;
+                        eprintln!("Pushed {name}@{digest}");
+                    }
+                }
+                result.get_or_insert(ImageResult { image, names: tagged });
+            }
+            Kind::Oci { dest, dir } => {
+                let image = export_all(store, &converted, &solved, output, &labels, epoch, true)?;
+                let (digest, media_type) = image.top();
+                kiln_exporter::output::write_image_archive(
+                    store,
+                    &digest,
+                    &media_type,
+                    &args.tags,
+                    ArchiveFormat::Oci,
+                    dest,
+                    *dir,
+                )?;
+                result.get_or_insert(ImageResult {
+                    image,
+                    names: Vec::new(),
+                });
+            }
+            Kind::Docker { dest } => {
+                let image = export_all(store, &converted, &solved, output, &labels, epoch, false)?;
+                let (digest, media_type) = image.top();
+                kiln_exporter::output::write_image_archive(
+                    store,
+                    &digest,
+                    &media_type,
+                    &args.tags,
+                    ArchiveFormat::Docker,
+                    dest,
+                    false,
+                )?;
+                result.get_or_insert(ImageResult {
+                    image,
+                    names: Vec::new(),
+                });
+            }
         }
-    };
-    let mut names = Vec::new();
-    if let [one] = built.as_slice() {
-        for name in &args.tags {
-            names.push(tag(store, name, Built::Image(one)).with_context(|| format!("tagging {name}"))?);
-        }
-    } else {
-        names = args.tags.clone();
     }
-    if let Some(file) = &args.iidfile {
+    let id = result.as_ref().map(|r| r.id());
+    if let (Some(file), Some(id)) = (&args.iidfile, id) {
         write_file(file, id.to_string().as_bytes())?;
     }
-    if let Some(file) = &args.metadata_file {
+    if let (Some(file), Some(r)) = (&args.metadata_file, &result) {
+        let (digest, media_type) = r.image.top();
         let metadata = serde_json::json!({
-            "containerimage.config.digest": id.to_string(),
+            "containerimage.config.digest": r.id().to_string(),
             "containerimage.digest": digest.to_string(),
             "containerimage.descriptor": { "mediaType": media_type, "digest": digest.to_string() },
-            "image.name": names.join(","),
+            "image.name": r.names.join(","),
         });
         write_file(file, serde_json::to_string_pretty(&metadata)?.as_bytes())?;
     }
     if args.quiet {
-        println!("{id}");
+        if let Some(id) = id {
+            println!("{id}");
+        }
     } else {
         let steps = tally.steps.max(stats.ran + stats.cached);
+        let names = result.as_ref().map(|r| r.names.join(", ")).unwrap_or_default();
         eprintln!(
-            "Built {} in {:.1}s ({steps} steps, {} cached){}",
-            short(&id),
+            "Built {}in {:.1}s ({steps} steps, {} cached){}",
+            id.map(|id| format!("{} ", short(&id))).unwrap_or_default(),
             started.elapsed().as_secs_f64(),
             tally.cached.max(stats.cached),
             if names.is_empty() {
                 String::new()
             } else {
-                format!(": {}", names.join(", "))
+                format!(": {names}")
             }
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The outputs asked for; with none, the image goes into the store (under `-t` names, if any).
+fn outputs(args: &BuildArgs) -> anyhow::Result<Vec<Output>> {
+    let mut outputs = args
+        .outputs
+        .iter()
+        .map(|raw| output::parse(raw))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if outputs.is_empty() || (args.push && !outputs.iter().any(|o| matches!(o.kind, Kind::Image { .. }))) {
+        outputs.push(Output::image(Vec::new(), args.push));
+    }
+    Ok(outputs)
+}
+
+/// SOURCE_DATE_EPOCH from `--build-arg`, else the environment (which buildx passes on as a build arg too).
+fn source_date_epoch(args: &BuildArgs) -> anyhow::Result<Option<u64>> {
+    let raw = dockerfile::build_args(&args.dockerfile)?
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == "SOURCE_DATE_EPOCH")
+        .map(|(_, v)| v)
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok());
+    match raw.as_deref() {
+        None | Some("") => Ok(None),
+        Some(value) => value
+            .parse()
+            .map(Some)
+            .with_context(|| format!("invalid SOURCE_DATE_EPOCH {value:?}: give seconds since 1970")),
+    }
+}
+
+/// `linux_arm64`, `linux_arm_v7`: the per-platform subdirectory of a multi-platform local output (buildx's).
+fn platform_dir(platform: &kiln_llb::Platform) -> String {
+    platform.to_string().replace('/', "_")
+}
+
+/// One platform's image, or an index over several.
+enum Exported {
+    Image(BuiltImage),
+    Index(kiln_exporter::image::BuiltIndex),
+}
+
+impl Exported {
+    fn built(&self) -> Built<'_> {
+        match self {
+            Exported::Image(image) => Built::Image(image),
+            Exported::Index(index) => Built::Index(index),
+        }
+    }
+
+    /// The digest and media type of what a name points at.
+    fn top(&self) -> (Digest, String) {
+        match self {
+            Exported::Image(image) => (image.manifest_digest, image.media_type.clone()),
+            Exported::Index(index) => (index.digest, index.media_type.clone()),
+        }
+    }
+}
+
+struct ImageResult {
+    image: Exported,
+    names: Vec<String>,
+}
+
+impl ImageResult {
+    /// docker's image ID: the config digest of a single-platform image, the index digest of a multi-platform one.
+    fn id(&self) -> Digest {
+        match &self.image {
+            Exported::Image(image) => image.config_digest,
+            Exported::Index(index) => index.digest,
+        }
+    }
+}
+
+fn export_all(
+    store: &Store,
+    converted: &[Converted],
+    solved: &[Vec<LayerRef>],
+    output: &Output,
+    labels: &BTreeMap<String, String>,
+    source_date_epoch: Option<u64>,
+    oci_default: bool,
+) -> anyhow::Result<Exported> {
+    let defaults = ImageOptions::default();
+    let opts = ImageOptions {
+        compression: output.compression.unwrap_or(defaults.compression),
+        level: output.compression_level,
+        force_compression: output.force_compression,
+        oci_mediatypes: output.oci_mediatypes.unwrap_or(oci_default),
+        source_date_epoch,
+        annotations: output.annotations.clone(),
+        labels: labels.clone(),
+    };
+    let mut built = Vec::new();
+    for (c, layers) in converted.iter().zip(solved) {
+        built.push(export(store, c, layers, &opts)?);
+    }
+    if built.len() == 1 {
+        return Ok(Exported::Image(built.remove(0)));
+    }
+    let index = build_index(store, &built, opts.oci_mediatypes, &output.index_annotations)?;
+    Ok(Exported::Index(index))
 }
 
 async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Result<Vec<Vec<LayerRef>>, SolveError>

@@ -5,6 +5,7 @@ mod build;
 mod debug;
 mod dockerfile;
 mod images;
+mod output;
 mod run;
 mod storage;
 mod transfer;

@@ -183,10 +183,19 @@ impl IndexLayout {
 /// Builds a multi-platform busybox image in `dir`: an image index over [`busybox_oci_layout`] images for
 /// `arches`. Every image holds the host's binary (see there), so they differ in their configs only.
 pub fn busybox_index_layout(dir: &Path, arches: &[&str]) -> io::Result<IndexLayout> {
+    let host = Path::new("/bin/busybox");
+    let images: Vec<(&str, &Path)> = arches.iter().map(|arch| (*arch, host)).collect();
+    busybox_index_layout_from(dir, &images)
+}
+
+/// Like [`busybox_index_layout`] with each architecture's own busybox binary, so that a foreign image really
+/// runs foreign code (under QEMU).
+pub fn busybox_index_layout_from(dir: &Path, arches: &[(&str, &Path)]) -> io::Result<IndexLayout> {
     let mut images = Vec::new();
     let mut entries = Vec::new();
-    for arch in arches {
-        let image = busybox_oci_layout(dir, arch)?;
+    for (arch, busybox) in arches {
+        let arch = *arch;
+        let image = busybox_oci_layout_from(dir, arch, busybox)?;
         let mut platform = serde_json::json!({ "architecture": arch, "os": "linux" });
         if let Some(variant) = default_variant(arch) {
             platform["variant"] = variant.into();
@@ -300,6 +309,14 @@ fn layer_tar(busybox: &[u8]) -> io::Result<Vec<u8>> {
         }
     }
     builder.into_inner()
+}
+
+/// Where `scripts/install-test-deps.sh` unpacks Debian's arm64 busybox-static (`KILN_TEST_BUSYBOX_ARM64`
+/// overrides it).
+pub fn arm64_busybox() -> std::path::PathBuf {
+    std::env::var_os("KILN_TEST_BUSYBOX_ARM64")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/cache/kiln-test/busybox-arm64/bin/busybox"))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ mod layout;
 mod registry;
 
 pub use layout::{
-    BUSYBOX_APPLETS, IndexLayout, OciLayout, busybox_index_layout, busybox_oci_layout,
-    busybox_oci_layout_from, sha256_digest,
+    BUSYBOX_APPLETS, IndexLayout, OciLayout, arm64_busybox, busybox_index_layout, busybox_index_layout_from,
+    busybox_oci_layout, busybox_oci_layout_from, sha256_digest,
 };
 pub use registry::Registry;

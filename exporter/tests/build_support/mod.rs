@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln_cache::{Digest, SnapshotId, Store};
-use kiln_exporter::image::{BuiltImage, BuiltIndex};
+use kiln_exporter::image::{BaseImage, BuiltImage, BuiltIndex};
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, XattrFlags};
 
 pub struct Env {
@@ -41,6 +41,18 @@ impl Env {
             .expect("list blobs")
             .count()
     }
+}
+
+/// The busybox test image, imported into the store as a pulled base would be.
+pub fn busybox_base(env: &Env) -> BaseImage {
+    let layout =
+        kiln_testutil::busybox_oci_layout(&env.path("base-layout"), "amd64").expect("busybox layout");
+    for (digest, bytes) in layout.blobs().expect("blobs") {
+        let stored = env.store.put_bytes(&bytes).expect("put");
+        assert_eq!(stored.to_string(), digest);
+    }
+    let manifest: Digest = layout.manifest_digest.parse().expect("digest");
+    BaseImage::from_store(&env.store, &manifest).expect("base image")
 }
 
 /// Commits a snapshot whose upperdir `fill` writes.
