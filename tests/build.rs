@@ -367,3 +367,87 @@ fn the_readme_example_builds_and_runs() {
     let out = env.run("hello", &[]);
     assert!(out.starts_with("hello from kiln (built on "), "{out}");
 }
+
+/// Serves `body` over plain HTTP on a loopback port for as long as the test runs.
+fn serve(body: &'static [u8]) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream
+                .write_all(head.as_bytes())
+                .and_then(|()| stream.write_all(body));
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn add_from_a_url_verifies_its_checksum() {
+    let env = Env::new();
+    let url = serve(b"remote content\n");
+    let good = kiln_testutil::sha256_digest(b"remote content\n");
+    let wrong = kiln_testutil::sha256_digest(b"something else");
+    let ctx = env.context(
+        "addurl",
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nADD --checksum={good} {url}/files/data.txt /dl/\n"),
+        )],
+    );
+    env.build_ok(&ctx, &["-t", "addurl"]);
+    assert_eq!(
+        env.run(
+            "addurl",
+            &["sh", "-c", "cat /dl/data.txt; stat -c %a /dl/data.txt"]
+        ),
+        "remote content\n600\n"
+    );
+
+    let bad = env.context(
+        "addurl-bad",
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nADD --checksum={wrong} {url}/files/data.txt /dl/\n"),
+        )],
+    );
+    let out = env.build(&bad, &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("checksum mismatch"), "{}", stderr(&out));
+}
+
+#[test]
+fn named_contexts_from_images_and_oci_layouts() {
+    let env = Env::new();
+    let layout = env.work.join("named-layout");
+    kiln_testutil::busybox_oci_layout(&layout, "amd64").expect("layout");
+    let ctx = env.context(
+        "named",
+        &[(
+            "Dockerfile",
+            "FROM base AS from-layout\nRUN echo layout > /origin\n\
+             FROM other\nCOPY --from=from-layout /origin /origin\nRUN cat /origin > /copied\n",
+        )],
+    );
+    let base = format!("base=oci-layout://{}", layout.display());
+    env.build_ok(
+        &ctx,
+        &[
+            "-t",
+            "named",
+            "--build-context",
+            &base,
+            "--build-context",
+            "other=docker-image://busybox:latest",
+        ],
+    );
+    assert_eq!(env.run("named", &["cat", "/copied"]), "layout\n");
+}
