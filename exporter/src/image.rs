@@ -330,11 +330,7 @@ pub fn tag(store: &Store, name: &str, built: Built<'_>) -> Result<String> {
         ),
         Built::Index(i) => (i.digest, &i.media_type, i.platforms.as_slice()),
     };
-    let platforms: Vec<kiln_registry::Platform> = platforms
-        .iter()
-        .map(|p| kiln_registry::Platform::new(&p.os, &p.architecture, p.variant.as_deref()))
-        .collect();
-    stored::record_image(store, &full, digest, media_type, &platforms)?;
+    stored::record_image(store, &full, digest, media_type, platforms)?;
     Ok(full)
 }
 

@@ -15,7 +15,7 @@ use kiln_cache::{Digest, ImageRecord, Store};
 use kiln_registry::oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use kiln_registry::{
     MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_INDEX,
-    MEDIA_TYPE_OCI_MANIFEST, Platform, Reference,
+    MEDIA_TYPE_OCI_MANIFEST, Platform, PlatformMatch, Reference,
 };
 use serde::Deserialize;
 

@@ -1,8 +1,11 @@
 use crate::{StableHash, StableHasher};
 use serde::Serialize;
 use std::fmt;
+use std::str::FromStr;
 
-/// An OCI platform, normalised the way containerd does so `arm64`, `linux/arm64/v8` and `aarch64` are one.
+/// An OCI platform, normalised the way containerd does so `arm64`, `linux/arm64/v8` and `aarch64` are one:
+/// `x86_64` is `amd64`, `i686` is `386`, `arm` without variant is `arm/v7`, a bare-number variant is `vN`,
+/// and `macos` is `darwin`. The one platform type of kiln: the registry and exporter use it too.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Platform {
     pub os: String,
@@ -30,6 +33,7 @@ const KNOWN_OSES: &[&str] = &[
     "ios",
     "js",
     "linux",
+    "macos",
     "netbsd",
     "openbsd",
     "plan9",
@@ -42,10 +46,16 @@ impl Platform {
     pub fn new(os: &str, architecture: &str, variant: Option<&str>) -> Self {
         let (architecture, variant) = normalize_arch(architecture, variant.unwrap_or(""));
         Platform {
-            os: os.to_ascii_lowercase(),
+            os: normalize_os(os),
             architecture,
             variant: (!variant.is_empty()).then_some(variant),
         }
+    }
+
+    /// This platform as [`Platform::new`] would have made it; the fields are public, so a value need not
+    /// have gone through it.
+    pub fn normalized(&self) -> Self {
+        Platform::new(&self.os, &self.architecture, self.variant.as_deref())
     }
 
     /// Parses `os/arch[/variant]`, `arch` or `os` like containerd's `platforms.Parse`.
@@ -104,11 +114,21 @@ impl Platform {
     }
 }
 
+/// containerd's `NormalizeOS`.
+fn normalize_os(os: &str) -> String {
+    match os.to_ascii_lowercase().as_str() {
+        "macos" => "darwin".into(),
+        other => other.into(),
+    }
+}
+
+/// containerd's `normalizeArch`, also taking the other 32-bit x86 names, and any bare-number variant as `vN`
+/// (so that it ranks against the `vN` variants of images).
 fn normalize_arch(arch: &str, variant: &str) -> (String, String) {
     let arch = arch.to_ascii_lowercase();
     let variant = variant.to_ascii_lowercase();
-    match arch.as_str() {
-        "i386" => ("386".into(), String::new()),
+    let (arch, variant) = match arch.as_str() {
+        "i386" | "i486" | "i586" | "i686" | "x86" => ("386".into(), String::new()),
         "x86_64" | "x86-64" | "amd64" => (
             "amd64".into(),
             if variant == "v1" { String::new() } else { variant },
@@ -132,6 +152,19 @@ fn normalize_arch(arch: &str, variant: &str) -> (String, String) {
             ("arm".into(), variant)
         }
         _ => (arch, variant),
+    };
+    if variant.starts_with(|c: char| c.is_ascii_digit()) {
+        (arch, format!("v{variant}"))
+    } else {
+        (arch, variant)
+    }
+}
+
+impl FromStr for Platform {
+    type Err = PlatformError;
+
+    fn from_str(s: &str) -> Result<Self, PlatformError> {
+        Platform::parse(s)
     }
 }
 
@@ -171,6 +204,10 @@ mod tests {
             ("linux/armhf", "linux/arm/v7"),
             ("Linux/AMD64", "linux/amd64"),
             ("linux/riscv64", "linux/riscv64"),
+            ("linux/i686", "linux/386"),
+            ("linux/arm64/9.0", "linux/arm64/v9"),
+            ("linux/amd64/3", "linux/amd64/v3"),
+            ("macos/arm64", "darwin/arm64"),
         ] {
             let got = Platform::parse(input).map(|p| p.to_string());
             assert_eq!(got.as_deref(), Ok(want), "{input}");

@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::docker_config::{self, Credentials, DockerConfig, canonical_registry};
 use crate::error::{Error, Result, Target, error_chain, from_oci, transport};
-use crate::platform::Platform;
+use crate::platform::{Platform, PlatformMatch};
 use crate::reference::Reference;
 
 pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

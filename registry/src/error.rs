@@ -10,9 +10,6 @@ pub enum Error {
     #[error("invalid reference {input:?}: {reason}")]
     InvalidReference { input: String, reason: String },
 
-    #[error("invalid platform {input:?}: {reason}")]
-    InvalidPlatform { input: String, reason: String },
-
     #[error("invalid digest {input:?} for {reference}: {reason}")]
     InvalidDigest {
         reference: String,

@@ -18,7 +18,7 @@ pub use client::{
 };
 pub use docker_config::{Credentials, DockerConfig, canonical_registry, default_docker_config_dir};
 pub use error::{Error, Result};
-pub use platform::Platform;
+pub use platform::{Platform, PlatformMatch};
 pub use reference::Reference;
 
 /// The OCI types used in this API (descriptors, digests), re-exported so callers use the same version.

@@ -69,8 +69,7 @@ impl BaseImages {
         let cell = self.cell((reference.to_string(), platform.clone()))?;
         cell.get_or_init(|| async {
             let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
-            let wanted = registry_platform(platform);
-            let image = images::resolve_for_build(&self.store, &self.registry, &parsed, &wanted, self.pull)
+            let image = images::resolve_for_build(&self.store, &self.registry, &parsed, platform, self.pull)
                 .await
                 .map_err(|e| e.to_string())?;
             base_image(image)
@@ -96,7 +95,7 @@ impl BaseImages {
             let store = self.store.clone();
             let dir = dir.to_path_buf();
             let reference = reference.to_string();
-            let wanted = registry_platform(platform);
+            let wanted = platform.clone();
             tokio::task::spawn_blocking(move || {
                 let loaded = images::load_archive(&store, &dir).map_err(|e| e.to_string())?;
                 // The layout's own tag or digest picks the image; a layout of one image needs neither.
@@ -157,10 +156,6 @@ impl ImageResolver for BaseImages {
             .block_on(BaseImages::resolve(self, reference, platform))?;
         Ok(Some(base.info.clone()))
     }
-}
-
-fn registry_platform(platform: &Platform) -> kiln_registry::Platform {
-    kiln_registry::Platform::new(&platform.os, &platform.architecture, platform.variant.as_deref())
 }
 
 fn base_image(image: ResolvedImage) -> Result<Arc<BaseImage>, String> {

@@ -7,7 +7,7 @@ use crate::sandbox::protocol::ChildError;
 use kiln_cache::Store;
 use rustix::mount::{MountAttrFlags, UnmountFlags, unmount};
 use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// A mounted tree; unmounted and its mount point removed on drop.
 pub struct MountedTree {
@@ -108,80 +108,4 @@ fn fresh_dir(store: &Store, kind: &str) -> io::Result<PathBuf> {
     let dir = store.root().join("tmp").join(kiln_cache::temp_name(kind));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-/// Resolves `path` inside `root` as if `root` were `/`: `..` stops at the root and symlinks (absolute or
-/// relative) are followed within it, so the result never leaves `root`.
-pub fn resolve_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
-    const MAX_LINKS: usize = 40;
-    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
-    let mut pending: Vec<std::ffi::OsString> = Path::new(path)
-        .components()
-        .rev()
-        .filter_map(component_name)
-        .collect();
-    let mut links = 0;
-    while let Some(name) = pending.pop() {
-        if name == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate: PathBuf = std::iter::once(root.as_os_str())
-            .chain(resolved.iter().map(|s| s.as_os_str()))
-            .collect::<PathBuf>()
-            .join(&name);
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(io::Error::other(format!(
-                        "too many levels of symbolic links in {path:?}"
-                    )));
-                }
-                let target = std::fs::read_link(&candidate)?;
-                if target.is_absolute() {
-                    resolved.clear();
-                }
-                pending.extend(target.components().rev().filter_map(component_name));
-            }
-            _ => resolved.push(name),
-        }
-    }
-    Ok(resolved
-        .iter()
-        .fold(root.to_path_buf(), |acc, part| acc.join(part)))
-}
-
-fn component_name(component: Component<'_>) -> Option<std::ffi::OsString> {
-    match component {
-        Component::Normal(name) => Some(name.to_os_string()),
-        Component::ParentDir => Some("..".into()),
-        Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resolution_never_leaves_the_root() -> io::Result<()> {
-        let root = std::env::temp_dir().join(format!("kiln-resolve-{}", std::process::id()));
-        std::fs::create_dir_all(root.join("a/b"))?;
-        let link = |target: &str, name: &str| {
-            let _ = std::fs::remove_file(root.join(name));
-            std::os::unix::fs::symlink(target, root.join(name))
-        };
-        link("/etc", "abs")?;
-        link("../../..", "a/up")?;
-        link("b", "a/rel")?;
-        assert_eq!(resolve_in_root(&root, "abs/passwd")?, root.join("etc/passwd"));
-        assert_eq!(resolve_in_root(&root, "a/up/x")?, root.join("x"));
-        assert_eq!(resolve_in_root(&root, "../../x")?, root.join("x"));
-        assert_eq!(resolve_in_root(&root, "/a/rel/c")?, root.join("a/b/c"));
-        assert_eq!(resolve_in_root(&root, "")?, root);
-        link("loop", "loop")?;
-        assert!(resolve_in_root(&root, "loop").is_err());
-        std::fs::remove_dir_all(&root)
-    }
 }

@@ -10,7 +10,7 @@
 use crate::base::{BaseImages, BlobRef};
 use crate::context::ContextHasher;
 use crate::fileop::{self, FileOpEnv};
-use crate::overlay::{self, MountedTree};
+use crate::overlay::MountedTree;
 use crate::progress::{Event, EventSender, Stream};
 use crate::sandbox::{self, Network, OutputStream, Sandbox, SandboxMount, SandboxSpec};
 use futures::future::{BoxFuture, FutureExt, join_all};
@@ -632,14 +632,14 @@ impl Inner {
             match &mount.kind {
                 MountKind::Bind => {
                     let source = match input_of(mount.input).map(|o| &**o) {
-                        Some(Output::Dir { path, .. }) => overlay::resolve_in_root(path, &mount.selector)
+                        Some(Output::Dir { path, .. }) => fileop::resolve_in_root(path, &mount.selector)
                             .map_err(|e| {
                                 self.step_error(idx, format!("mount source {:?}: {e}", mount.selector))
                             })?,
                         Some(Output::Layers(layers)) => {
                             let view = self.mount_view(layers, !mount.readonly)?;
                             let path =
-                                overlay::resolve_in_root(view.path(), &mount.selector).map_err(|e| {
+                                fileop::resolve_in_root(view.path(), &mount.selector).map_err(|e| {
                                     self.step_error(idx, format!("mount source {:?}: {e}", mount.selector))
                                 })?;
                             views.push(view);

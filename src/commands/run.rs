@@ -16,20 +16,18 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
     };
-    let wanted =
-        kiln_registry::Platform::new(&platform.os, &platform.architecture, platform.variant.as_deref());
     let store = image_cmds::open_store(global)?;
     let lease = store.create_lease()?;
     let leased = store.with_lease(&lease);
     let outcome = (|| {
-        let image = match images::local_image(&leased, &args.image, &wanted)? {
+        let image = match images::local_image(&leased, &args.image, &platform)? {
             Some(image) => image,
             None => {
                 let reference = Reference::parse(&args.image)
                     .with_context(|| format!("no image {:?} in the store", args.image))?;
                 let registry = image_cmds::registry_client(global)?;
                 image_cmds::runtime()?.block_on(images::resolve_for_build(
-                    &leased, &registry, &reference, &wanted, false,
+                    &leased, &registry, &reference, &platform, false,
                 ))?
             }
         };

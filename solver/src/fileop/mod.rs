@@ -29,6 +29,7 @@ use rustix::io::Errno;
 // Go's `filepath.Match` and fsutil's wildcard splitting, shared with the context hasher so that a wildcard
 // source selects the same files for the cache key as for the copy.
 use crate::context::glob;
+pub(crate) use root::resolve_in_root;
 use root::{Root, seconds, set_meta_at};
 
 /// Where a file op reads and writes.

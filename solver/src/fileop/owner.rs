@@ -12,6 +12,7 @@ use rustix::fs::{FileType, OFlags};
 
 use super::FileOpError;
 use super::root::{Root, is_not_found};
+use crate::passwd::{Groups, Passwd};
 
 const PASSWD: &str = "/etc/passwd";
 const GROUP: &str = "/etc/group";
@@ -20,7 +21,8 @@ const GROUP: &str = "/etc/group";
 pub(super) fn resolve(target: &Root, owner: &Owner) -> Result<(u32, u32), FileOpError> {
     let (uid, mut gid) = match owner.user.parse::<u32>() {
         Ok(id) => (id, id),
-        Err(_) => lookup(target, PASSWD, &owner.user, 2, 3)?
+        Err(_) => read_small_file(target, PASSWD)?
+            .and_then(|text| Passwd::parse(&text).by_name(&owner.user).map(|u| (u.uid, u.gid)))
             .or_else(|| (owner.user == "root").then_some((0, 0)))
             .ok_or_else(|| FileOpError::UnknownUser {
                 name: owner.user.clone(),
@@ -29,37 +31,13 @@ pub(super) fn resolve(target: &Root, owner: &Owner) -> Result<(u32, u32), FileOp
     if let Some(group) = &owner.group {
         gid = match group.parse::<u32>() {
             Ok(id) => id,
-            Err(_) => lookup(target, GROUP, group, 2, 2)?
-                .map(|(gid, _)| gid)
+            Err(_) => read_small_file(target, GROUP)?
+                .and_then(|text| Groups::parse(&text).by_name(group).map(|g| g.gid))
                 .or_else(|| (group == "root").then_some(0))
                 .ok_or_else(|| FileOpError::UnknownGroup { name: group.clone() })?,
         };
     }
     Ok((uid, gid))
-}
-
-/// Finds `name` in the colon-separated database `file` of the target and returns its fields `first` and
-/// `second` as ids. Lines whose ids do not parse define nobody, so a malformed line cannot make a user root.
-fn lookup(
-    target: &Root,
-    file: &str,
-    name: &str,
-    first: usize,
-    second: usize,
-) -> Result<Option<(u32, u32)>, FileOpError> {
-    let Some(text) = read_small_file(target, file)? else {
-        return Ok(None);
-    };
-    Ok(text.lines().find_map(|line| {
-        let fields: Vec<&str> = line.trim().split(':').collect();
-        if fields.first() != Some(&name) {
-            return None;
-        }
-        Some((
-            fields.get(first)?.parse().ok()?,
-            fields.get(second)?.parse().ok()?,
-        ))
-    }))
 }
 
 /// Reads a file of the target, resolved inside it; `None` when it does not exist or is not a regular file.

@@ -187,6 +187,18 @@ impl Root {
     }
 }
 
+/// Resolves `path` inside the host directory `root` as if `root` were `/` ([`Root::resolve`], following a
+/// final symlink too) and returns the host path it names: the solver's one resolver for host-side paths,
+/// e.g. the source of a `RUN --mount` inside its input.
+pub(crate) fn resolve_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
+    let rel = Root::new(root)?.resolve(path.as_bytes(), true)?;
+    Ok(if rel.as_os_str().is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    })
+}
+
 /// Removes `name` in `dir` and everything below it, never following a symlink.
 pub(super) fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     let st = match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -276,4 +288,30 @@ fn split(path: &[u8]) -> impl DoubleEndedIterator<Item = OsString> + '_ {
 pub(super) fn is_not_found(e: &io::Error) -> bool {
     let raw = e.raw_os_error();
     raw == Some(Errno::NOENT.raw_os_error()) || raw == Some(Errno::NOTDIR.raw_os_error())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolution_never_leaves_the_root() -> io::Result<()> {
+        let root = std::env::temp_dir().join(format!("kiln-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("a/b"))?;
+        let link = |target: &str, name: &str| {
+            let _ = std::fs::remove_file(root.join(name));
+            std::os::unix::fs::symlink(target, root.join(name))
+        };
+        link("/etc", "abs")?;
+        link("../../..", "a/up")?;
+        link("b", "a/rel")?;
+        assert_eq!(resolve_in_root(&root, "abs/passwd")?, root.join("etc/passwd"));
+        assert_eq!(resolve_in_root(&root, "a/up/x")?, root.join("x"));
+        assert_eq!(resolve_in_root(&root, "../../x")?, root.join("x"));
+        assert_eq!(resolve_in_root(&root, "/a/rel/c")?, root.join("a/b/c"));
+        assert_eq!(resolve_in_root(&root, "")?, root);
+        link("loop", "loop")?;
+        assert!(resolve_in_root(&root, "loop").is_err());
+        std::fs::remove_dir_all(&root)
+    }
 }

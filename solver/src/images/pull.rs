@@ -6,7 +6,7 @@ use kiln_cache::{BlobMeta, Compression, Digest, LeaseResource, Store};
 use kiln_exporter::parallel::{self, Events};
 use kiln_exporter::stored::{self, BlobRef};
 use kiln_registry::oci_spec::image::Descriptor;
-use kiln_registry::{Platform, Reference, RegistryClient, Resolved};
+use kiln_registry::{Platform, PlatformMatch, Reference, RegistryClient, Resolved};
 
 use super::{Error, LeaseGuard, Result};
 

@@ -2,6 +2,7 @@
 //! takes `""` and numeric `uid:gid` as they are, and hands everything else to runc's `GetExecUser`.
 
 use super::protocol::ChildError;
+use crate::passwd::{Groups, Passwd};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ExecUser {
@@ -13,64 +14,13 @@ pub(crate) struct ExecUser {
     pub home: String,
 }
 
-struct PasswdEntry<'a> {
-    name: &'a str,
-    uid: u32,
-    gid: u32,
-    home: &'a str,
-}
-
-struct GroupEntry<'a> {
-    name: &'a str,
-    gid: u32,
-    members: Vec<&'a str>,
-}
-
-fn records(text: &str) -> impl Iterator<Item = Vec<&str>> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| l.split(':').collect())
-}
-
-// Lines whose ids do not parse are skipped rather than read as 0 (runc's behaviour): a typo must not make a
-// user root.
-fn parse_passwd(text: &str) -> Vec<PasswdEntry<'_>> {
-    records(text)
-        .filter_map(|f| {
-            Some(PasswdEntry {
-                name: f.first()?,
-                uid: f.get(2)?.parse().ok()?,
-                gid: f.get(3)?.parse().ok()?,
-                home: f.get(5).copied().unwrap_or(""),
-            })
-        })
-        .collect()
-}
-
-fn parse_group(text: &str) -> Vec<GroupEntry<'_>> {
-    records(text)
-        .filter_map(|f| {
-            Some(GroupEntry {
-                name: f.first()?,
-                gid: f.get(2)?.parse().ok()?,
-                members: f
-                    .get(3)
-                    .map(|m| m.split(',').filter(|s| !s.is_empty()).collect())
-                    .unwrap_or_default(),
-            })
-        })
-        .collect()
-}
-
 /// `passwd`/`group` are the files' contents, `None` when the image has no such file.
 pub(crate) fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<ExecUser, ChildError> {
-    let users = passwd.map(parse_passwd).unwrap_or_default();
-    let groups = group.map(parse_group).unwrap_or_default();
+    let users = passwd.map(Passwd::parse).unwrap_or_default();
+    let groups = group.map(Groups::parse).unwrap_or_default();
     let home_of = |uid: u32| {
         users
-            .iter()
-            .find(|u| u.uid == uid)
+            .by_uid(uid)
             .map(|u| u.home)
             .filter(|h| !h.is_empty())
             .unwrap_or("/")
@@ -99,11 +49,11 @@ pub(crate) fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> 
     }
 
     let uid_num = user_arg.parse::<u32>().ok();
-    let matched = users.iter().find(|u| match uid_num {
-        Some(n) => u.uid == n,
-        None if user_arg.is_empty() => u.uid == 0,
-        None => u.name == user_arg,
-    });
+    let matched = match uid_num {
+        Some(n) => users.by_uid(n),
+        None if user_arg.is_empty() => users.by_uid(0),
+        None => users.by_name(user_arg),
+    };
     let (uid, mut gid, home, name) = match (matched, uid_num) {
         (Some(u), _) => (u.uid, u.gid, home_of(u.uid), Some(u.name)),
         // A numeric user need not exist in the image, as with docker; its primary group is then 0.
@@ -120,10 +70,7 @@ pub(crate) fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> 
     match group_arg {
         Some(g) => {
             let gid_num = g.parse::<u32>().ok();
-            match groups
-                .iter()
-                .find(|e| gid_num.map_or(e.name == g, |n| e.gid == n))
-            {
+            match gid_num.map_or_else(|| groups.by_name(g), |n| groups.by_gid(n)) {
                 Some(e) => gid = e.gid,
                 None => match gid_num {
                     Some(n) => gid = n,
@@ -133,11 +80,7 @@ pub(crate) fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> 
         }
         None => {
             if let Some(name) = name {
-                supplementary = groups
-                    .iter()
-                    .filter(|e| e.members.contains(&name))
-                    .map(|e| e.gid)
-                    .collect();
+                supplementary = groups.of_member(name).map(|e| e.gid).collect();
             }
         }
     }
