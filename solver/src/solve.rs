@@ -823,8 +823,8 @@ impl Inner {
                     roots.push(path.clone());
                     ignores.push(ignore.clone());
                 }
-                Output::Layers(layers) if file.has_base && i == 0 => {
-                    let _ = layers;
+                // The base is the tree being written; a copy from it reads the merged view.
+                Output::Layers(_) if file.has_base && i == 0 => {
                     roots.push(target.clone());
                     ignores.push(None);
                 }
