@@ -451,3 +451,64 @@ fn named_contexts_from_images_and_oci_layouts() {
     );
     assert_eq!(env.run("named", &["cat", "/copied"]), "layout\n");
 }
+
+#[test]
+fn a_failing_step_stops_the_build_without_waiting_for_its_siblings() {
+    let env = Env::new();
+    // The slow sibling would leave a mark in its cache mount if it ever finished; a sleep no other test uses
+    // finds its process afterwards.
+    let ctx = env.context(
+        "failfast",
+        &[(
+            "Dockerfile",
+            "FROM busybox AS slow\nRUN --mount=type=cache,id=failfast,target=/mark sleep 47.25 && touch /mark/finished\n\
+             FROM busybox AS broken\nRUN sleep 1 && exit 7\n\
+             FROM busybox\nCOPY --from=slow /etc/passwd /a\nCOPY --from=broken /etc/passwd /b\n",
+        )],
+    );
+    let out = env.build(&ctx, &["--max-parallelism", "2"]);
+    assert!(!out.status.success());
+    let progress = stderr(&out);
+    assert!(progress.contains("exit code: 7"), "{progress}");
+    let sleeping = || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|p| {
+                std::fs::read(p.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("47.25"))
+            })
+    };
+    let mut gone = false;
+    for _ in 0..50 {
+        if !sleeping() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        gone,
+        "the sandbox of the sibling step is still running after kiln exited"
+    );
+    let finished = walk(&env.root.join("cache-mounts"))
+        .into_iter()
+        .any(|p| p.ends_with("finished"));
+    assert!(
+        !finished,
+        "kiln waited for the sibling step to finish:\n{progress}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}

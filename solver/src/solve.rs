@@ -13,7 +13,7 @@ use crate::fileop::{self, FileOpEnv};
 use crate::overlay::MountedTree;
 use crate::progress::{Event, EventSender, Stream};
 use crate::sandbox::{self, Network, OutputStream, Sandbox, SandboxMount, SandboxSpec};
-use futures::future::{BoxFuture, FutureExt, join_all};
+use futures::future::{BoxFuture, FutureExt, try_join_all};
 use kiln_cache::{CacheRecord, PreparedSnapshot, SnapshotId, Store};
 use kiln_frontend::dockerignore::PatternMatcher;
 use kiln_llb::{
@@ -247,12 +247,13 @@ impl Inner {
         for input in &v.inputs {
             inputs.push(self.position(&input.vertex)?);
         }
-        let input_keys = join_all(inputs.iter().map(|&i| self.clone().key(i))).await;
+        // Fail fast: the first failing input stops the others from being awaited.
+        let input_keys = try_join_all(inputs.iter().map(|&i| self.clone().key(i))).await?;
         let mut hasher = blake3::Hasher::new();
         hasher.update(CACHE_KEY_VERSION.as_bytes());
         hasher.update(v.digest.as_bytes());
         for (input, key) in v.inputs.iter().zip(input_keys) {
-            hasher.update(key?.as_bytes());
+            hasher.update(key.as_bytes());
             hasher.update(&input.output.to_le_bytes());
         }
         match &v.op {
@@ -479,10 +480,9 @@ impl Inner {
         for input in &self.vertices[idx].inputs {
             positions.push(self.position(&input.vertex)?);
         }
-        join_all(positions.into_iter().map(|i| self.clone().result(i)))
-            .await
-            .into_iter()
-            .collect()
+        // Fail fast, as BuildKit does: once one input fails, the build stops waiting for its siblings (the
+        // CLI then exits, and the sandboxes of steps still running die with kiln).
+        try_join_all(positions.into_iter().map(|i| self.clone().result(i))).await
     }
 
     fn layers_of(&self, idx: usize, output: &Output) -> Result<Vec<LayerRef>, SolveError> {

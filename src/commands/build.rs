@@ -6,7 +6,7 @@ use super::output::{self, Kind, Output};
 use crate::cli::{BuildArgs, GlobalArgs};
 use crate::progress::{self, ProgressMode};
 use anyhow::{Context, bail};
-use kiln_cache::{Digest, Store};
+use kiln_cache::{Compression, Digest, Store};
 use kiln_exporter::ArchiveFormat;
 use kiln_exporter::image::{BaseImage, Built, BuiltImage, ImageOptions, build_image, build_index, tag};
 use kiln_frontend::convert::{self, Converted};
@@ -122,14 +122,18 @@ fn build(
     solver.save_indexes();
     let stats = solver.stats();
     drop(solver);
-    let tally = runtime.block_on(renderer).unwrap_or_default();
     let solved = match solved {
         Ok(solved) => solved,
         Err(e) => {
+            // Steps still running in other branches are not waited for (they hold the progress channel open
+            // too): their sandboxes die with kiln.
+            renderer.abort();
             eprintln!("{}", render_solve_error(&e, loaded));
+            runtime.shutdown_background();
             return Ok(ExitCode::FAILURE);
         }
     };
+    let tally = runtime.block_on(renderer).unwrap_or_default();
 
     let outputs = outputs(args)?;
     let epoch = source_date_epoch(args)?;
@@ -159,6 +163,8 @@ fn build(
                 }
             }
             Kind::Image { names, push } => {
+                let push = *push || args.push;
+                let output = &image_output(output, push);
                 let image = export_all(store, &converted, &solved, output, &labels, epoch, true)?;
                 let mut all_names: Vec<String> = args.tags.clone();
                 all_names.extend(names.iter().cloned());
@@ -166,14 +172,25 @@ fn build(
                 for name in &all_names {
                     tagged.push(tag(store, name, image.built()).with_context(|| format!("tagging {name}"))?);
                 }
-                if *push || args.push {
+                if push {
                     if all_names.is_empty() {
                         bail!("--push needs a name: give -t NAME");
                     }
+                    let opts = kiln_exporter::PushOptions {
+                        compression: output.compression.unwrap_or(Compression::Gzip),
+                        level: output.compression_level,
+                    };
                     for (name, full) in all_names.iter().zip(&tagged) {
                         let target = kiln_registry::Reference::parse(name)?;
                         let digest = runtime
-                            .block_on(kiln_exporter::push(store, &registry, full, &target, |_| {}))
+                            .block_on(kiln_exporter::push_with(
+                                store,
+                                &registry,
+                                full,
+                                &target,
+                                &opts,
+                                |_| {},
+                            ))
                             .with_context(|| format!("pushing {name}"))?;
                         eprintln!("Pushed {name}@{digest}");
                     }
@@ -263,6 +280,19 @@ fn outputs(args: &BuildArgs) -> anyhow::Result<Vec<Output>> {
         outputs.push(Output::image(Vec::new(), args.push));
     }
     Ok(outputs)
+}
+
+/// A `type=image` output that only goes into the store, with no compression asked for, keeps the build's
+/// layers uncompressed: compressing them is left to whatever ships the image (a push, an export), which
+/// does it once per layer and setting. Pushed images are compressed now (gzip unless asked otherwise).
+fn image_output(output: &Output, push: bool) -> Output {
+    let asked =
+        output.compression.is_some() || output.compression_level.is_some() || output.force_compression;
+    let mut output = output.clone();
+    if !push && !asked {
+        output.compression = Some(Compression::None);
+    }
+    output
 }
 
 /// SOURCE_DATE_EPOCH from `--build-arg`, else the environment (which buildx passes on as a build arg too).
@@ -359,11 +389,7 @@ async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Result<Vec<Vec<Lay
 where
     F: std::future::Future<Output = Result<Vec<LayerRef>, SolveError>>,
 {
-    let mut out = Vec::new();
-    for result in futures::future::join_all(futures).await {
-        out.push(result?);
-    }
-    Ok(out)
+    futures::future::try_join_all(futures).await
 }
 
 /// Writes the image: the base image's blobs as they are, the build's own layers exported from snapshots.
