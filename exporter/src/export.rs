@@ -122,6 +122,7 @@ pub fn export_layer(
         },
     )?;
     store.set_snapshot_diff_id(snapshot, source_date_epoch, &diff_id)?;
+    log_compressed(&diff_id, &info.digest, compression, level);
     Ok(Layer {
         diff_id,
         digest: info.digest,
@@ -183,6 +184,7 @@ pub fn convert_layer(
             compression_level: level,
         },
     )?;
+    log_compressed(diff_id, &info.digest, compression, level);
     Ok(Layer {
         diff_id: *diff_id,
         digest: info.digest,
@@ -190,6 +192,14 @@ pub fn convert_layer(
         compression,
         empty: *diff_id == empty_tar_diff_id(),
     })
+}
+
+/// Says (at debug level: `KILN_LOG=kiln_exporter=debug`) that a layer was compressed, which the tests count
+/// to prove that nothing is compressed twice.
+fn log_compressed(diff_id: &Digest, blob: &Digest, compression: Compression, level: Option<i32>) {
+    if compression != Compression::None {
+        tracing::debug!(%diff_id, %blob, ?compression, ?level, "compressed a layer");
+    }
 }
 
 /// A stored blob of `diff_id` with exactly this compression and level, leased to the handle's lease.

@@ -3,10 +3,11 @@
 //! the build alone (given SOURCE_DATE_EPOCH).
 //!
 //! A built image is the base image's layers, reused as they are (only their media type follows
-//! `oci_mediatypes`, unless `force_compression` asks for them to be recompressed), followed by one layer per
-//! snapshot of the build that changed something. History: the base image's entries as they are, then the
-//! build's, paired in order with the build's layers; an entry whose layer turned out empty is marked
-//! `empty_layer` and the layer left out, as BuildKit does.
+//! `oci_mediatypes`, unless `force_compression` asks for them to be recompressed; uncompressed ones, which
+//! the store keeps of the images it built, are compressed when the output compresses), followed by one
+//! layer per snapshot of the build that changed something. History: the base image's entries as they are,
+//! then the build's, paired in order with the build's layers; an entry whose layer turned out empty is
+//! marked `empty_layer` and the layer left out, as BuildKit does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -83,7 +84,8 @@ impl BaseImage {
 /// The `type=image|oci|docker` output options that shape an image (buildx names in the field docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageOptions {
-    /// `compression=`.
+    /// `compression=`. [`Compression::None`] for an image that only goes into the store: its layers are
+    /// compressed when a push or an export ships them.
     pub compression: Compression,
     /// `compression-level=`; `None` for the compressor's default.
     pub level: Option<i32>,
@@ -362,7 +364,10 @@ fn base_layer(store: &Store, layer: &BaseLayer, opts: &ImageOptions, oci: bool) 
         return Ok((r, layer.diff_id));
     }
     let compression = Compression::from_media_type(&layer.media_type)?;
-    if opts.force_compression && compression != opts.compression {
+    // An uncompressed base layer is most likely one the store has not compressed yet (it keeps the layers
+    // of images it built uncompressed until something ships them): an output that compresses does so now.
+    let recompress = opts.force_compression || compression == Compression::None;
+    if recompress && compression != opts.compression {
         let converted: Layer =
             convert_layer(store, &layer.digest, &layer.diff_id, opts.compression, opts.level)?;
         let r = BlobRef {

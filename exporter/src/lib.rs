@@ -22,4 +22,4 @@ mod tree;
 
 pub use archive::{ArchiveFormat, save};
 pub use error::{Error, Result};
-pub use push::{PushProgress, push};
+pub use push::{PushOptions, PushProgress, push, push_with};
