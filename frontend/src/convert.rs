@@ -156,6 +156,19 @@ struct StageResult {
     state: Option<Input>,
     image: ImageInfo,
     platform: Platform,
+    /// The ARGs a stage built FROM this one inherits (their values live on in `Scope::env`); empty for images.
+    scope: Option<Scope>,
+}
+
+impl StageResult {
+    fn image(state: Option<Input>, image: ImageInfo, platform: &Platform) -> StageResult {
+        StageResult {
+            state,
+            image,
+            platform: platform.clone(),
+            scope: None,
+        }
+    }
 }
 
 struct Converter<'a> {
@@ -175,10 +188,32 @@ struct Converter<'a> {
     used_build_args: Vec<String>,
 }
 
-/// The variables visible to one instruction: declared ARGs, then ENV (which wins).
+/// Build args BuildKit keeps out of the environment of RUN (they still count as declared).
+const NON_ENV_ARGS: &[&str] = &["BUILDKIT_SBOM_SCAN_CONTEXT", "BUILDKIT_SBOM_SCAN_STAGE"];
+
+/// The variables of a stage, kept as BuildKit keeps them on its LLB state.
+#[derive(Debug, Clone, Default)]
 struct Scope {
-    args: Vec<(String, String)>,
+    /// What instructions expand with and RUN gets as its environment: the base's ENV, then every ENV and
+    /// every ARG that has a value, in order, the last definition of a name winning — so an ARG declared after
+    /// an ENV of the same name overrides it here (not in the image config), and a later ENV overrides the ARG.
+    env: Vec<(String, String)>,
+    /// ARGs declared so far (inherited ones first), with the value they were declared with: RUN's history
+    /// lists them as `|N K=V ...`.
+    build_args: Vec<(String, Option<String>)>,
     declared_args: Vec<String>,
+}
+
+impl Scope {
+    /// Sets `key` as llb's `AddEnv` does: an earlier definition is dropped, the new one goes last.
+    fn set(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
 }
 
 /// Per-stage state while its instructions are dispatched.
@@ -196,9 +231,7 @@ struct StageState {
 
 impl StageState {
     fn vars(&self) -> Vec<(String, String)> {
-        let mut vars = self.scope.args.clone();
-        vars.extend(self.image.config.env_pairs());
-        vars
+        self.scope.env.clone()
     }
 
     fn workdir(&self) -> String {
@@ -504,11 +537,7 @@ impl<'a> Converter<'a> {
                 (Some(input), ImageInfo::default())
             }
         };
-        Ok(Some(StageResult {
-            state,
-            image,
-            platform: platform.clone(),
-        }))
+        Ok(Some(StageResult::image(state, image, platform)))
     }
 
     fn resolve_image(&self, reference: &str, platform: &Platform) -> Result<ImageInfo, String> {
@@ -584,10 +613,7 @@ impl<'a> Converter<'a> {
             state: None,
             image: ImageInfo::default(),
             platform: platform.clone(),
-            scope: Scope {
-                args: Vec::new(),
-                declared_args: Vec::new(),
-            },
+            scope: Scope::default(),
             cmd_set: false,
             step: 0,
             steps,
@@ -601,11 +627,7 @@ impl<'a> Converter<'a> {
         } else if let Some(parent) = self.stage_by_name(&base, index) {
             self.stage_result(parent, &location)?
         } else if base.eq_ignore_ascii_case("scratch") {
-            StageResult {
-                state: None,
-                image: ImageInfo::default(),
-                platform: platform.clone(),
-            }
+            StageResult::image(None, ImageInfo::default(), &platform)
         } else {
             let image = self
                 .resolve_image(&base, &platform)
@@ -617,16 +639,18 @@ impl<'a> Converter<'a> {
                 Some(&platform),
                 from_description,
             );
-            StageResult {
-                state: Some(state),
-                image,
-                platform: platform.clone(),
-            }
+            StageResult::image(Some(state), image, &platform)
         };
         st.state = inherited.state;
         st.image = inherited.image;
         if st.image.config.get_env("PATH").is_none() {
             st.image.config.set_env("PATH", DEFAULT_PATH);
+        }
+        // A stage built FROM another keeps its ARGs, values included; the image's ENV is applied over them
+        // again, as BuildKit re-applies the config's Env to the state it inherits.
+        st.scope = inherited.scope.unwrap_or_default();
+        for (key, value) in st.image.config.env_pairs() {
+            st.scope.set(&key, &value);
         }
         let triggers = std::mem::take(&mut st.image.config.on_build);
         for trigger in triggers {
@@ -640,6 +664,7 @@ impl<'a> Converter<'a> {
             state: st.state,
             image: st.image,
             platform,
+            scope: Some(st.scope),
         })
     }
 
@@ -658,6 +683,7 @@ impl<'a> Converter<'a> {
                 let text: Vec<String> = expanded.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 for (key, value) in &expanded {
                     st.image.config.set_env(key, value);
+                    st.scope.set(key, value);
                 }
                 st.history(format!("ENV {}", text.join(" ")), true);
             }
@@ -679,6 +705,11 @@ impl<'a> Converter<'a> {
                 let expanded = self.expand_in(st, raw, loc)?;
                 let dir = clean_path(&join_path(&st.workdir(), &expanded));
                 st.image.config.working_dir = dir.clone();
+                if dir == "/" {
+                    // Nothing to create: BuildKit makes no file op and no layer for the root.
+                    st.history("WORKDIR /".into(), true);
+                    return Ok(());
+                }
                 let description = st.next_description(&format!("WORKDIR {dir}"));
                 let owner = owner_of(&st.image.config.user);
                 let action = FileAction::Mkdir {
@@ -709,8 +740,8 @@ impl<'a> Converter<'a> {
                         st.image.config.exposed_ports.insert(port);
                     }
                 }
-                let map: Vec<String> = added.iter().map(|p| format!("{p}:{{}}")).collect();
-                st.history(format!("EXPOSE map[{}]", map.join(" ")), true);
+                // Go's `%v` of the port list: in the order written, ranges expanded.
+                st.history(format!("EXPOSE [{}]", added.join(" ")), true);
             }
             Command::Volume(volumes) => {
                 let mut added = Vec::new();
@@ -735,7 +766,7 @@ impl<'a> Converter<'a> {
                 st.image.config.shell = Some(shell.clone());
             }
             Command::Onbuild(trigger) => {
-                st.history(format!("ONBUILD {trigger}"), true);
+                // No history entry: BuildKit records none for ONBUILD.
                 st.image.config.on_build.push(trigger.clone());
             }
             Command::Cmd(line) => {
@@ -791,7 +822,7 @@ impl<'a> Converter<'a> {
                         }
                     }
                 };
-                st.history(format!("HEALTHCHECK {}", go_quote_list(&config.test)), true);
+                st.history(format!("HEALTHCHECK {}", go_health(&config)), true);
                 st.image.config.healthcheck = Some(config);
             }
             Command::Run(run) => self.dispatch_run(st, run, loc)?,
@@ -825,10 +856,13 @@ impl<'a> Converter<'a> {
                 None => decl.name.clone(),
             });
             st.scope.declared_args.push(decl.name.clone());
-            st.scope.args.retain(|(k, _)| *k != decl.name);
-            if let Some(value) = value {
-                st.scope.args.push((decl.name.clone(), value));
+            if let Some(value) = &value
+                && !NON_ENV_ARGS.contains(&decl.name.as_str())
+            {
+                // Over an ENV of the same name too: in what later instructions and RUN see, the last wins.
+                st.scope.set(&decl.name, value);
             }
+            st.scope.build_args.push((decl.name.clone(), value));
         }
         st.history(format!("ARG {}", text.join(" ")), true);
         Ok(())
@@ -846,26 +880,38 @@ impl<'a> Converter<'a> {
         }
     }
 
-    /// The environment a RUN sees: the image's ENV, then declared ARGs that ENV does not override, then
-    /// proxy build args.
+    /// The environment a RUN sees — the stage's variables (ENV and ARGs with values, the last definition
+    /// winning), then proxy build args no ARG declares — and the `K=V` list its history entry starts with:
+    /// every ARG declared so far, each once where it was first declared, valued from the environment when it
+    /// is there (an ENV may have replaced it), else as declared (`K=` without a value). Proxy args an ARG
+    /// declares are listed too, as BuildKit lists them.
     fn run_env(&self, st: &StageState) -> (Vec<String>, Vec<String>) {
-        let mut env = st.image.config.env.clone();
-        let mut history_args = Vec::new();
-        for (key, value) in &st.scope.args {
-            if st.image.config.get_env(key).is_none() {
-                env.push(format!("{key}={value}"));
-                if !PROXY_ARGS.contains(&key.as_str()) {
-                    history_args.push(format!("{key}={value}"));
-                }
-            }
-        }
+        let mut env: Vec<String> = st.scope.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         for proxy in PROXY_ARGS {
             if let Some(value) = self.build_arg(proxy)
-                && !st.scope.args.iter().any(|(k, _)| k == proxy)
+                && !st.scope.build_args.iter().any(|(k, _)| k == proxy)
             {
                 env.push(format!("{proxy}={value}"));
             }
         }
+        let mut names: Vec<&str> = Vec::new();
+        for (key, _) in &st.scope.build_args {
+            if !names.contains(&key.as_str()) {
+                names.push(key);
+            }
+        }
+        let history_args = names
+            .into_iter()
+            .map(|key| {
+                let declared = st.scope.build_args.iter().rev().find(|(k, _)| k == key);
+                let value = st
+                    .scope
+                    .get(key)
+                    .or_else(|| declared.and_then(|(_, v)| v.as_deref()))
+                    .unwrap_or_default();
+                format!("{key}={value}")
+            })
+            .collect();
         (env, history_args)
     }
 
@@ -1056,12 +1102,13 @@ impl<'a> Converter<'a> {
             }
             cleaned
         };
-        let owner = match &args.chown {
-            Some(raw) => {
-                let chown = self.expand_in(st, raw, loc)?;
-                Some(parse_owner(&chown).map_err(|e| loc.error_at(raw, e))?)
-            }
+        let chown_text = match &args.chown {
+            Some(raw) => Some(self.expand_in(st, raw, loc)?),
             None => None,
+        };
+        let owner = match (&args.chown, &chown_text) {
+            (Some(raw), Some(chown)) => Some(parse_owner(chown).map_err(|e| loc.error_at(raw, e))?),
+            _ => None,
         };
         let mode = match &args.chmod {
             Some(raw) => {
@@ -1084,8 +1131,12 @@ impl<'a> Converter<'a> {
             None => None,
         };
         let mut local_paths = Vec::new();
+        // What the history entry lists: the sources as expanded, inline ones after the others as `<<NAME`.
+        let mut history_sources = Vec::new();
+        let mut history_heredocs = Vec::new();
         for raw in &args.sources {
             if let Some(heredoc) = heredoc_for(raw, &args.heredocs) {
+                history_heredocs.push(format!("<<{}", heredoc.name));
                 let data = if heredoc.expand {
                     self.expand_heredoc(st, &heredoc.content, loc)?
                 } else {
@@ -1107,6 +1158,7 @@ impl<'a> Converter<'a> {
                 continue;
             }
             let src = self.expand_in(st, raw, loc)?;
+            history_sources.push(src.clone());
             if is_add && (src.starts_with("http://") || src.starts_with("https://")) {
                 let checksum = match &args.checksum {
                     Some(c) => Some(self.expand_in(st, c, loc)?),
@@ -1143,7 +1195,8 @@ impl<'a> Converter<'a> {
             }
             local_paths.push(src);
         }
-        if !local_paths.is_empty() {
+        let local_paths_empty = local_paths.is_empty();
+        if !local_paths_empty {
             let input = match from_input {
                 Some(input) => input,
                 None => self.context_source(),
@@ -1165,7 +1218,8 @@ impl<'a> Converter<'a> {
         let base = if args.link { None } else { st.state };
         let mut inputs: Vec<Input> = base.into_iter().collect();
         let mut actions = Vec::new();
-        for (input, paths, auto_extract) in sources {
+        let local_group = (!local_paths_empty).then_some(0);
+        for (group, (input, paths, auto_extract)) in sources.into_iter().enumerate() {
             let src_input = match inputs.iter().position(|i| *i == input) {
                 Some(i) if base.is_none() || i > 0 => i,
                 _ => {
@@ -1173,22 +1227,34 @@ impl<'a> Converter<'a> {
                     inputs.len() - 1
                 }
             } as u32;
-            actions.push(FileAction::Copy(Copy {
-                src_input,
-                src: paths,
-                dest: dest.clone(),
-                owner: owner.clone(),
-                mode: mode.clone(),
-                follow_symlinks: true,
-                dir_contents_only: true,
-                allow_wildcard: true,
-                allow_empty_wildcard: false,
-                create_dest_path: true,
-                auto_extract,
-                parents: args.parents,
-                exclude: exclude.clone(),
-                timestamp: None,
-            }));
+            // Local and stage sources may be wildcards that match nothing: BuildKit copies nothing then (and
+            // still makes the layer). With --parents it requires a source without wildcards to exist, so
+            // those copy one source per action.
+            let (allow_empty_wildcard, groups) = match (local_group == Some(group), args.parents) {
+                (true, true) => (None, paths.into_iter().map(|p| vec![p]).collect::<Vec<_>>()),
+                (true, false) => (Some(true), vec![paths]),
+                (false, _) => (Some(false), vec![paths]),
+            };
+            for src in groups {
+                let allow_empty_wildcard =
+                    allow_empty_wildcard.unwrap_or_else(|| src.iter().all(|p| contains_wildcards(p)));
+                actions.push(FileAction::Copy(Copy {
+                    src_input,
+                    src,
+                    dest: dest.clone(),
+                    owner: owner.clone(),
+                    mode: mode.clone(),
+                    follow_symlinks: true,
+                    dir_contents_only: true,
+                    allow_wildcard: true,
+                    allow_empty_wildcard,
+                    create_dest_path: true,
+                    auto_extract,
+                    parents: args.parents,
+                    exclude: exclude.clone(),
+                    timestamp: None,
+                }));
+            }
         }
         let shown = format!(
             "{keyword} {}",
@@ -1208,7 +1274,23 @@ impl<'a> Converter<'a> {
             (true, Some(below)) => self.add_located(Op::Merge, vec![below, layer], st, description, loc),
             _ => layer,
         });
-        st.history(format!("{shown} # buildkit"), false);
+        // BuildKit's history text: the flags that change the files (expanded), the sources as expanded, the
+        // destination as written; --from, --link and --exclude are left out.
+        let mut text = keyword.to_string();
+        if args.parents {
+            text.push_str(" --parents");
+        }
+        if let Some(chown) = &chown_text {
+            text.push_str(&format!(" --chown={chown}"));
+        }
+        if let Some(chmod) = &mode {
+            text.push_str(&format!(" --chmod={chmod}"));
+        }
+        for src in history_sources.iter().chain(&history_heredocs) {
+            text.push(' ');
+            text.push_str(src);
+        }
+        st.history(format!("{text} {dest_word} # buildkit"), false);
         Ok(())
     }
 
@@ -1257,8 +1339,66 @@ fn parse_trigger(trigger: &str, loc: &Location) -> Result<Instruction, Diagnosti
         .map_err(|e| loc.error(format!("invalid ONBUILD trigger {trigger:?}: {}", e.message)))
 }
 
+/// fsutil's test for a wildcard in a copy source: `*`, `?` or `[` not escaped with a backslash.
+fn contains_wildcards(path: &str) -> bool {
+    let mut chars = path.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' | '?' | '[' => return true,
+            '\\' => {
+                chars.next();
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
+}
+
+/// Go's `%+v` of BuildKit's healthcheck struct, as it writes HEALTHCHECK into history:
+/// `{Test:[CMD-SHELL curl -f http://localhost/] Interval:30s Timeout:0s StartPeriod:0s StartInterval:0s Retries:3}`.
+fn go_health(h: &HealthConfig) -> String {
+    format!(
+        "{{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
+        h.test.join(" "),
+        go_duration(h.interval),
+        go_duration(h.timeout),
+        go_duration(h.start_period),
+        go_duration(h.start_interval),
+        h.retries
+    )
+}
+
+/// Go's `time.Duration.String()` of a number of nanoseconds: `0s`, `1.5s`, `1m30s`, `1h0m0s`, `250ms`.
+fn go_duration(nanos: u64) -> String {
+    /// `value / unit` with the fraction's trailing zeros dropped.
+    fn fraction(value: u64, unit: u64, digits: usize) -> String {
+        let (whole, rest) = (value / unit, value % unit);
+        if rest == 0 {
+            return whole.to_string();
+        }
+        let decimals = format!("{rest:0digits$}");
+        format!("{whole}.{}", decimals.trim_end_matches('0'))
+    }
+    const SECOND: u64 = 1_000_000_000;
+    match nanos {
+        0 => "0s".into(),
+        n if n < 1_000 => format!("{n}ns"),
+        n if n < 1_000_000 => format!("{}µs", fraction(n, 1_000, 3)),
+        n if n < SECOND => format!("{}ms", fraction(n, 1_000_000, 6)),
+        n => {
+            let (hours, minutes) = (n / (3600 * SECOND), n / (60 * SECOND) % 60);
+            let seconds = fraction(n % (60 * SECOND), SECOND, 9);
+            match (hours, minutes) {
+                (0, 0) => format!("{seconds}s"),
+                (0, m) => format!("{m}m{seconds}s"),
+                (h, m) => format!("{h}h{m}m{seconds}s"),
+            }
+        }
+    }
 }
 
 /// Go's `%q` of a string slice, as docker writes CMD and ENTRYPOINT into history.
@@ -1662,6 +1802,43 @@ mod tests {
         assert!(parse_mount("type=nfs,target=/x").is_err());
         assert!(parse_mount("type=bind,target=/x,bogus=1").is_err());
         assert_eq!(parse_size("64m"), Some(64 << 20));
+    }
+
+    #[test]
+    fn durations_print_like_go() {
+        // time.Duration.String() of the same values.
+        for (nanos, want) in [
+            (0, "0s"),
+            (999, "999ns"),
+            (1_500, "1.5µs"),
+            (250_000_000, "250ms"),
+            (1_500_000_000, "1.5s"),
+            (30_000_000_000, "30s"),
+            (90_000_000_000, "1m30s"),
+            (300_000_000_000, "5m0s"),
+            (3_600_000_000_000, "1h0m0s"),
+            (3_723_004_000_000, "1h2m3.004s"),
+        ] {
+            assert_eq!(go_duration(nanos), want, "{nanos}");
+        }
+        let check = HealthConfig {
+            test: vec!["CMD-SHELL".into(), "curl -f http://localhost/ || exit 1".into()],
+            interval: 300_000_000_000,
+            timeout: 3_000_000_000,
+            retries: 3,
+            ..HealthConfig::default()
+        };
+        assert_eq!(
+            go_health(&check),
+            "{Test:[CMD-SHELL curl -f http://localhost/ || exit 1] Interval:5m0s Timeout:3s StartPeriod:0s \
+             StartInterval:0s Retries:3}"
+        );
+    }
+
+    #[test]
+    fn wildcards_like_fsutil() {
+        assert!(contains_wildcards("src/*.rs") && contains_wildcards("a?") && contains_wildcards("[ab]"));
+        assert!(!contains_wildcards("plain/path") && !contains_wildcards("lit\\*eral"));
     }
 
     #[test]

@@ -400,3 +400,174 @@ fn unused_build_args_are_reported() {
     );
     assert_eq!(c.unused_build_args, ["UNUSED"]);
 }
+
+// What follows pins behaviour checked against docker 20.10's BuildKit (`DOCKER_BUILDKIT=1 docker build`, the
+// cases in bench/semantics/cases, compared with bench/compare-semantics.sh). Where 20.10 and current BuildKit
+// differ, the test follows current BuildKit's dockerfile2llb and says what 20.10 writes instead.
+
+fn history(c: &Converted) -> Vec<String> {
+    c.image
+        .history
+        .iter()
+        .map(|h| format!("{}{}", h.created_by, if h.empty_layer { " (empty)" } else { "" }))
+        .collect()
+}
+
+fn env_of<'e>(exec: &'e Exec, key: &str) -> Option<&'e str> {
+    exec.env
+        .iter()
+        .find_map(|e| e.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+const ARG_SCOPING: &str = "ARG GV=global\nARG GONLY=gonly\n\
+    FROM busybox AS base\nARG GV\nARG NOVAL\nARG X=argx\nARG D=${X}-derived\nENV Y=envy\nARG Y=argy\n\
+    ARG Z=argz\nENV Z=envz\nWORKDIR /$Y/$Z\nRUN echo base\n\
+    FROM base AS child\nRUN echo child\nARG X\nARG GONLY\nRUN echo child2\n";
+
+#[test]
+fn the_last_of_arg_and_env_wins_for_run_and_expansion_but_not_for_the_config() {
+    // BuildKit 20.10 ran `echo "... Y=$Y Z=$Z"` as `Y=argy Z=envz`, with Y=envy in the image's Env: an ARG
+    // declared after an ENV of the same name replaces it in what later instructions see.
+    let c = with_args(ARG_SCOPING, &[("X", "cli")]);
+    let base = execs(&c)[0];
+    assert_eq!(env_of(base, "Y"), Some("argy"));
+    assert_eq!(env_of(base, "Z"), Some("envz"));
+    assert_eq!(env_of(base, "X"), Some("cli"));
+    assert_eq!(env_of(base, "D"), Some("cli-derived"));
+    assert_eq!(env_of(base, "GV"), Some("global"));
+    assert_eq!(env_of(base, "NOVAL"), None, "an ARG without a value is not set");
+    assert_eq!(env_of(base, "GONLY"), None, "a global ARG needs redeclaring");
+    assert_eq!(base.cwd, "/argy/envz");
+    assert!(c.image.config.env.contains(&"Y=envy".to_string()));
+    assert!(c.image.config.env.contains(&"Z=envz".to_string()));
+}
+
+#[test]
+fn a_stage_built_from_another_keeps_its_arg_values_under_its_env() {
+    // BuildKit 20.10 ran the child's `echo "X=${X-unset} Y=$Y GV=${GV-unset} D=${D-unset}"` as
+    // `X=cli Y=envy GV=global D=cli-derived`: the parent's ARG values carry over, and its ENV is applied over them
+    // again (Y is envy here, though the parent's RUN saw argy).
+    let c = with_args(ARG_SCOPING, &[("X", "cli")]);
+    let child = execs(&c)[1];
+    assert_eq!(env_of(child, "X"), Some("cli"));
+    assert_eq!(env_of(child, "GV"), Some("global"));
+    assert_eq!(env_of(child, "D"), Some("cli-derived"));
+    assert_eq!(env_of(child, "Y"), Some("envy"));
+    assert_eq!(env_of(execs(&c)[2], "GONLY"), Some("gonly"));
+}
+
+#[test]
+fn arg_and_run_history_list_every_declared_arg() {
+    let c = with_args(ARG_SCOPING, &[("X", "cli")]);
+    assert_eq!(
+        history(&c),
+        [
+            // 20.10 writes the ARG lines as the Dockerfile has them (`ARG GV`, `ARG X=argx`, `ARG X`, `ARG GONLY`);
+            // current BuildKit writes the value in effect.
+            "ARG GV=global (empty)",
+            "ARG NOVAL (empty)",
+            "ARG X=cli (empty)",
+            "ARG D=cli-derived (empty)",
+            "ENV Y=envy (empty)",
+            "ARG Y=argy (empty)",
+            "ARG Z=argz (empty)",
+            "ENV Z=envz (empty)",
+            "WORKDIR /argy/envz",
+            // As 20.10 wrote it: every declared ARG, `NOVAL=` without a value, and the value the RUN sees
+            // (Y=argy and Z=envz: the last of ARG and ENV).
+            "RUN |6 GV=global NOVAL= X=cli D=cli-derived Y=argy Z=envz /bin/sh -c echo base # buildkit",
+            // 20.10 lists only the stage's own ARGs here (`RUN /bin/sh -c echo child`, then
+            // `RUN |2 X=cli GONLY=gonly ...`); current BuildKit starts from the parent's list, a name once.
+            "RUN |6 GV=global NOVAL= X=cli D=cli-derived Y=envy Z=envz /bin/sh -c echo child # buildkit",
+            "ARG X=cli (empty)",
+            "ARG GONLY=gonly (empty)",
+            "RUN |7 GV=global NOVAL= X=cli D=cli-derived Y=envy Z=envz GONLY=gonly /bin/sh -c echo child2 # buildkit",
+        ]
+    );
+    // A declared proxy arg is listed like any other (20.10: `RUN |1 HTTP_PROXY=http://proxy:3128 ...`);
+    // an undeclared one reaches RUN but not the history.
+    let c = with_args(
+        "FROM busybox\nARG HTTP_PROXY\nRUN true\n",
+        &[("HTTP_PROXY", "http://proxy:3128"), ("NO_PROXY", "local")],
+    );
+    assert_eq!(
+        history(&c)[1],
+        "RUN |1 HTTP_PROXY=http://proxy:3128 /bin/sh -c true # buildkit"
+    );
+    assert_eq!(env_of(execs(&c)[0], "NO_PROXY"), Some("local"));
+}
+
+#[test]
+fn config_instruction_history_and_workdir_root() {
+    let c = converted(
+        "FROM busybox AS src\nRUN echo x > /x\n\
+         FROM busybox\nWORKDIR /\nWORKDIR /app\nEXPOSE 8080 443/tcp 53/udp 7000-7001\nONBUILD RUN echo hi\n\
+         HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=4 CMD [\"/bin/true\", \"arg\"]\n\
+         ARG OWNER=1234\nCOPY --chown=${OWNER}:${OWNER} --chmod=0755 f.txt g*.txt /c/$OWNER/\n\
+         COPY --from=src --link /x /y\nADD a.tar.gz /z/\nCOPY <<EOF /h\nhi\nEOF\nMAINTAINER me\n",
+    );
+    assert_eq!(
+        history(&c),
+        [
+            // 20.10: `WORKDIR /` makes no layer.
+            "WORKDIR / (empty)",
+            "WORKDIR /app",
+            // 20.10 writes `EXPOSE map[443/tcp:{} 53/udp:{} 7000/tcp:{} 7001/tcp:{} 8080/tcp:{}]`.
+            "EXPOSE [8080/tcp 443/tcp 53/udp 7000/tcp 7001/tcp] (empty)",
+            // 20.10: no history entry for ONBUILD. It writes HEALTHCHECK as
+            // `HEALTHCHECK &{["CMD" "/bin/true" "arg"] "30s" "5s" "10s" '\x04'}`.
+            "HEALTHCHECK {Test:[CMD /bin/true arg] Interval:30s Timeout:5s StartPeriod:10s StartInterval:0s Retries:4} (empty)",
+            "ARG OWNER=1234 (empty)",
+            // 20.10 writes `COPY f.txt g*.txt /c/1234/ # buildkit` (no --chown/--chmod); both expand the words
+            // and leave --from and --link out.
+            "COPY --chown=1234:1234 --chmod=0755 f.txt g*.txt /c/1234/ # buildkit",
+            "COPY /x /y # buildkit",
+            "ADD a.tar.gz /z/ # buildkit",
+            "COPY <<EOF /h # buildkit",
+            "MAINTAINER me (empty)",
+        ]
+    );
+    let mkdirs = c
+        .definition
+        .vertices
+        .iter()
+        .filter(|v| matches!(&v.op, Op::File(f) if f.actions.iter().any(|a| matches!(a, FileAction::Mkdir { .. }))))
+        .count();
+    assert_eq!(mkdirs, 1, "WORKDIR / creates nothing");
+    assert_eq!(c.image.config.on_build, ["RUN echo hi"]);
+}
+
+fn copies(c: &Converted) -> Vec<&kiln_llb::Copy> {
+    c.definition
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op {
+            Op::File(f) => Some(f.actions.iter().filter_map(|a| match a {
+                FileAction::Copy(copy) => Some(copy),
+                _ => None,
+            })),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn wildcards_may_match_nothing() {
+    // 20.10 built `COPY nomatch* /d/` and `COPY f.txt nomatch* /e/`: nothing copied for the pattern.
+    let c = converted("FROM busybox AS s\nFROM busybox\nCOPY f.txt nomatch* /e/\nCOPY --from=s /none* /f/\n");
+    assert!(copies(&c).iter().all(|c| c.allow_empty_wildcard));
+    // With --parents, BuildKit requires a source without wildcards to exist: one action per source.
+    let c = converted("FROM busybox\nCOPY --parents a/./b.txt c/*.txt /dst/\n");
+    let flags: Vec<(Vec<String>, bool)> = copies(&c)
+        .iter()
+        .map(|c| (c.src.clone(), c.allow_empty_wildcard))
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            (vec!["a/./b.txt".to_string()], false),
+            (vec!["c/*.txt".to_string()], true)
+        ]
+    );
+}

@@ -1,0 +1,3 @@
+ln -s f.txt link.txt
+ln -s ../f.txt dir/link-in-dir
+chmod 0600 h.md
