@@ -30,8 +30,7 @@ pub struct Layer {
     pub digest: Digest,
     pub size: u64,
     pub compression: Compression,
-    /// The tar has no entries: the step changed no file. Images leave such layers out and mark their history
-    /// entry `empty_layer`, as docker does.
+    /// The tar has no entries: the step changed no file. Images keep such layers, as BuildKit does.
     pub empty: bool,
 }
 

@@ -6,8 +6,9 @@
 //! `oci_mediatypes`, unless `force_compression` asks for them to be recompressed; uncompressed ones, which
 //! the store keeps of the images it built, are compressed when the output compresses), followed by one
 //! layer per snapshot of the build that changed something. History: the base image's entries as they are,
-//! then the build's, paired in order with the build's layers; an entry whose layer turned out empty is
-//! marked `empty_layer` and the layer left out, as BuildKit does.
+//! then the build's, paired in order with the build's layers. A step that changed no file still has its (empty
+//! tar) layer, as BuildKit writes it (a `WORKDIR` of an existing directory gives the well-known 32-byte gzip
+//! layer); only instructions that never make a layer (ENV, CMD, ...) are `empty_layer`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -395,8 +396,8 @@ fn base_layer(store: &Store, layer: &BaseLayer, opts: &ImageOptions, oci: bool) 
 }
 
 /// The build's history entries as JSON, and the layers they keep: each entry that made a layer takes the
-/// next one; an empty layer (or a missing one) makes its entry `empty_layer`. Layers beyond what the history
-/// accounts for get entries of their own, as BuildKit gives them.
+/// next one, empty or not (as BuildKit); a missing one makes its entry `empty_layer`. Layers beyond what the
+/// history accounts for get entries of their own, as BuildKit gives them.
 fn pair_history(history: &[History], layers: Vec<Layer>, created: &str) -> (Vec<Value>, Vec<Layer>) {
     let accounted = history.iter().filter(|h| !h.empty_layer).count();
     let extra = layers.len().saturating_sub(accounted);
@@ -412,8 +413,8 @@ fn pair_history(history: &[History], layers: Vec<Layer>, created: &str) -> (Vec<
         let mut empty_layer = h.empty_layer;
         if !empty_layer {
             match layers.next() {
-                Some(layer) if !layer.empty => kept.push(layer),
-                _ => empty_layer = true,
+                Some(layer) => kept.push(layer),
+                None => empty_layer = true,
             }
         }
         let mut entry = Map::new();
@@ -466,6 +467,9 @@ fn config_json(
     }
     insert_list(&mut config, "OnBuild", &c.on_build);
     insert_list(&mut config, "Shell", c.shell.as_deref().unwrap_or_default());
+    if c.args_escaped {
+        config.insert("ArgsEscaped".into(), json!(true));
+    }
 
     let mut out = Map::new();
     out.insert("architecture".into(), json!(platform.architecture));
@@ -474,6 +478,9 @@ fn config_json(
         out.insert("variant".into(), json!(variant));
     }
     out.insert("created".into(), json!(created));
+    if let Some(author) = image.author.as_deref().filter(|a| !a.is_empty()) {
+        out.insert("author".into(), json!(author));
+    }
     out.insert("config".into(), Value::Object(config));
     out.insert(
         "rootfs".into(),
@@ -572,12 +579,12 @@ mod tests {
     }
 
     #[test]
-    fn history_pairs_with_layers_and_marks_empty_ones() {
+    fn history_pairs_with_layers_and_keeps_empty_ones() {
         let history = [h("ENV A=1", true), h("RUN true", false), h("COPY a /", false)];
         let (out, kept) = pair_history(&history, vec![layer(1, true), layer(2, false)], "T");
-        assert_eq!(kept, vec![layer(2, false)]);
+        assert_eq!(kept, vec![layer(1, true), layer(2, false)]);
         let empties: Vec<bool> = out.iter().map(|e| e.get("empty_layer").is_some()).collect();
-        assert_eq!(empties, [true, true, false]);
+        assert_eq!(empties, [true, false, false]);
         assert_eq!(out[0]["created"], "T");
 
         // More layers than history: extra entries; fewer: the rest are empty.

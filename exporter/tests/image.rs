@@ -78,7 +78,9 @@ fn info() -> ImageInfo {
             }),
             on_build: vec!["RUN echo child".into()],
             shell: Some(vec!["/bin/sh".into(), "-c".into()]),
+            args_escaped: true,
         },
+        author: Some("Jane <jane@example.com>".into()),
         history: vec![
             history("ENV GREETING=hi", true),
             history("COPY . /app # buildkit", false),
@@ -164,12 +166,19 @@ fn a_built_image_is_read_by_skopeo_and_unpacked_by_umoci() {
             "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 30_000_000_000u64, "Retries": 3},
             "OnBuild": ["RUN echo child"],
             "Shell": ["/bin/sh", "-c"],
+            "ArgsEscaped": true,
         })
     );
-    // The base's layer and history first, as they were; the empty RUN keeps its history but no layer.
+    assert_eq!(config["author"], "Jane <jane@example.com>");
+    // The base's layer and history first, as they were; the RUN that changed nothing keeps an empty-tar
+    // layer, as BuildKit writes it.
     let diff_ids = config["rootfs"]["diff_ids"].as_array().expect("diff_ids");
     assert_eq!(config["rootfs"]["type"], "layers");
-    assert_eq!(diff_ids.len(), 3);
+    assert_eq!(diff_ids.len(), 4);
+    assert_eq!(
+        diff_ids[2],
+        json!(kiln_exporter::export::empty_tar_diff_id().to_string())
+    );
     assert_eq!(diff_ids[0], base_config["rootfs"]["diff_ids"][0]);
     let history = config["history"].as_array().expect("history");
     assert_eq!(history[0], base_config["history"][0]);
@@ -178,7 +187,7 @@ fn a_built_image_is_read_by_skopeo_and_unpacked_by_umoci() {
         [
             json!({"created": CREATED, "created_by": "ENV GREETING=hi", "comment": "buildkit.dockerfile.v0", "empty_layer": true}),
             json!({"created": CREATED, "created_by": "COPY . /app # buildkit", "comment": "buildkit.dockerfile.v0"}),
-            json!({"created": CREATED, "created_by": "RUN true # buildkit", "comment": "buildkit.dockerfile.v0", "empty_layer": true}),
+            json!({"created": CREATED, "created_by": "RUN true # buildkit", "comment": "buildkit.dockerfile.v0"}),
             json!({"created": CREATED, "created_by": "RUN make # buildkit", "comment": "buildkit.dockerfile.v0"}),
         ]
     );
@@ -192,7 +201,7 @@ fn a_built_image_is_read_by_skopeo_and_unpacked_by_umoci() {
         "application/vnd.oci.image.config.v1+json"
     );
     let layer_types: Vec<&str> = built.layers.iter().map(|l| l.media_type.as_str()).collect();
-    assert_eq!(layer_types, ["application/vnd.oci.image.layer.v1.tar+gzip"; 3]);
+    assert_eq!(layer_types, ["application/vnd.oci.image.layer.v1.tar+gzip"; 4]);
 
     let layout = env.path("layout");
     image_layout(&env.store, &layout, &built, "test");
@@ -200,7 +209,7 @@ fn a_built_image_is_read_by_skopeo_and_unpacked_by_umoci() {
     let inspect = json_of(run("skopeo", &["inspect", &reference]).as_bytes());
     assert_eq!(inspect["Digest"], built.manifest_digest.to_string());
     assert_eq!(inspect["Architecture"], "amd64");
-    assert_eq!(inspect["Layers"].as_array().map(Vec::len), Some(3));
+    assert_eq!(inspect["Layers"].as_array().map(Vec::len), Some(4));
     assert_eq!(inspect["Labels"], json!({"a": "1", "b": "2"}));
     let skopeo_config = json_of(run("skopeo", &["inspect", "--config", &reference]).as_bytes());
     assert_eq!(skopeo_config["config"]["Cmd"], json!(["echo hi"]));
@@ -283,14 +292,14 @@ fn docker_media_types_when_asked_and_oci_when_zstd_needs_them() {
     // The base's OCI gzip layer is the same blob under docker's name for it.
     assert_eq!(
         layer_types,
-        ["application/vnd.docker.image.rootfs.diff.tar.gzip"; 3]
+        ["application/vnd.docker.image.rootfs.diff.tar.gzip"; 4]
     );
     let out = env.path("docker-dir");
     dir_transport(&env.store, &out, &built);
     let reference = format!("dir:{}", out.display());
     let inspect = json_of(run("skopeo", &["inspect", &reference]).as_bytes());
     assert_eq!(inspect["Digest"], built.manifest_digest.to_string());
-    assert_eq!(inspect["Layers"].as_array().map(Vec::len), Some(3));
+    assert_eq!(inspect["Layers"].as_array().map(Vec::len), Some(4));
     assert_eq!(inspect["Labels"], json!({"a": "1", "b": "2"}));
     // skopeo converts it to an OCI image, which umoci then unpacks: the docker manifest's content is whole.
     let converted = env.path("converted");
@@ -314,6 +323,7 @@ fn docker_media_types_when_asked_and_oci_when_zstd_needs_them() {
         layer_types,
         [
             "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.v1.tar+zstd",
             "application/vnd.oci.image.layer.v1.tar+zstd",
             "application/vnd.oci.image.layer.v1.tar+zstd",
         ]

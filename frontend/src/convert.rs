@@ -698,7 +698,8 @@ impl<'a> Converter<'a> {
                 st.history(format!("LABEL {}", text.join(" ")), true);
             }
             Command::Maintainer(name) => {
-                st.image.config.labels.insert("maintainer".into(), name.clone());
+                // BuildKit records it as the config's author, not as a label.
+                st.image.author = Some(name.clone());
                 st.history(format!("MAINTAINER {name}"), true);
             }
             Command::Workdir(raw) => {
@@ -773,6 +774,7 @@ impl<'a> Converter<'a> {
                 let args = self.command_args(st, line);
                 st.history(format!("CMD {}", go_quote_list(&args)), true);
                 st.image.config.cmd = Some(args);
+                st.image.config.args_escaped = true;
                 st.cmd_set = true;
             }
             Command::Entrypoint(line) => {

@@ -571,3 +571,20 @@ fn wildcards_may_match_nothing() {
         ]
     );
 }
+
+#[test]
+fn maintainer_sets_the_author_and_cmd_sets_args_escaped_like_buildkit() {
+    let c = converted("FROM scratch\nMAINTAINER Jane <jane@example.com>\nENTRYPOINT [\"x\"]\n");
+    assert_eq!(c.image.author.as_deref(), Some("Jane <jane@example.com>"));
+    assert!(
+        c.image.config.labels.is_empty(),
+        "no maintainer label: {:?}",
+        c.image.config.labels
+    );
+    assert!(
+        !c.image.config.args_escaped,
+        "ENTRYPOINT alone leaves ArgsEscaped unset"
+    );
+    let c = converted("FROM scratch\nCMD [\"x\"]\n");
+    assert!(c.image.config.args_escaped);
+}

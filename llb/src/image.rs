@@ -20,6 +20,8 @@ pub struct ImageConfig {
     pub healthcheck: Option<HealthConfig>,
     pub on_build: Vec<String>,
     pub shell: Option<Vec<String>>,
+    /// docker's `ArgsEscaped`, which BuildKit sets on every CMD (deprecated in OCI, kept for docker).
+    pub args_escaped: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,6 +49,8 @@ pub struct History {
 pub struct ImageInfo {
     pub config: ImageConfig,
     pub history: Vec<History>,
+    /// The config's top-level `author`, which MAINTAINER sets.
+    pub author: Option<String>,
 }
 
 impl ImageConfig {

@@ -186,7 +186,10 @@ pub fn image_info_from_config(bytes: &[u8]) -> Result<ImageInfo, String> {
             .unwrap_or_default()
     };
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    let mut info = ImageInfo::default();
+    let mut info = ImageInfo {
+        author: json["author"].as_str().map(str::to_string),
+        ..ImageInfo::default()
+    };
     let c = &mut info.config;
     c.user = text(&config["User"]);
     c.exposed_ports = keys(&config["ExposedPorts"]);
@@ -202,6 +205,7 @@ pub fn image_info_from_config(bytes: &[u8]) -> Result<ImageInfo, String> {
     c.stop_signal = config["StopSignal"].as_str().map(str::to_string);
     c.on_build = strings(&config["OnBuild"]).unwrap_or_default();
     c.shell = strings(&config["Shell"]);
+    c.args_escaped = config["ArgsEscaped"].as_bool().unwrap_or(false);
     if let Some(health) = config["Healthcheck"].as_object() {
         let nanos = |key: &str| health.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
         c.healthcheck = Some(HealthConfig {

@@ -100,6 +100,18 @@ impl Drop for MountedTree {
     }
 }
 
+/// The lower dirs of an overlay for layers given bottom to top: top first, each directory once. overlayfs
+/// refuses a directory twice (ELOOP), and identical layers do occur (every step that changed nothing is the one
+/// empty layer). Keeping only the topmost copy changes nothing: whatever a lower copy provides, or a layer
+/// between them removes, the upper copy provides again.
+pub fn lower_dirs(bottom_to_top: impl DoubleEndedIterator<Item = PathBuf>) -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    bottom_to_top
+        .rev()
+        .filter(|dir| seen.insert(dir.clone()))
+        .collect()
+}
+
 fn mount_error(e: ChildError) -> io::Error {
     io::Error::other(crate::sandbox::SandboxError::from(e))
 }
@@ -108,4 +120,18 @@ fn fresh_dir(store: &Store, kind: &str) -> io::Result<PathBuf> {
     let dir = store.root().join("tmp").join(kiln_cache::temp_name(kind));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lower_dirs_are_top_first_and_keep_the_topmost_copy() {
+        let dirs = ["a", "empty", "b", "empty", "a"].map(PathBuf::from);
+        assert_eq!(
+            lower_dirs(dirs.into_iter()),
+            ["a", "empty", "b"].map(PathBuf::from)
+        );
+    }
 }

@@ -10,7 +10,7 @@
 use crate::base::{BaseImages, BlobRef};
 use crate::context::ContextHasher;
 use crate::fileop::{self, FileOpEnv};
-use crate::overlay::MountedTree;
+use crate::overlay::{self, MountedTree};
 use crate::progress::{Event, EventSender, Stream};
 use crate::sandbox::{self, Network, OutputStream, Sandbox, SandboxMount, SandboxSpec};
 use futures::future::{BoxFuture, FutureExt, try_join_all};
@@ -590,11 +590,7 @@ impl Inner {
     }
 
     fn snapshot_dirs(&self, layers: &[LayerRef]) -> Vec<PathBuf> {
-        layers
-            .iter()
-            .rev()
-            .map(|l| self.store.snapshot_path(&l.snapshot))
-            .collect()
+        overlay::lower_dirs(layers.iter().map(|l| self.store.snapshot_path(&l.snapshot)))
     }
 
     fn commit(&self, prepared: PreparedSnapshot, below: &[LayerRef]) -> Result<Vec<LayerRef>, SolveError> {

@@ -67,7 +67,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         let prepared = leased.prepare_snapshot()?;
         let spec = SandboxSpec {
-            lower_dirs: snapshots.iter().rev().map(|s| leased.snapshot_path(s)).collect(),
+            lower_dirs: kiln_solver::overlay::lower_dirs(snapshots.iter().map(|s| leased.snapshot_path(s))),
             upper_dir: prepared.upper.clone(),
             work_dir: prepared.work.clone(),
             args: command,
