@@ -938,17 +938,7 @@ impl<'a> Converter<'a> {
             } else {
                 heredoc.content.clone()
             };
-            let script = FileOp {
-                has_base: false,
-                actions: vec![FileAction::Mkfile {
-                    path: format!("/{}", heredoc.name),
-                    mode: 0o755,
-                    data,
-                    owner: None,
-                }],
-            };
-            let description = format!("[{} internal] heredoc {}", st.name, heredoc.name);
-            let script_input = self.add(Op::File(script), vec![], &st.platform.clone(), st, description);
+            let script_input = self.heredoc_file(st, &heredoc.name, data, 0o755);
             inputs.push(script_input);
             extra_mounts.push(Mount {
                 input: Some((inputs.len() - 1) as u32),
@@ -1145,17 +1135,7 @@ impl<'a> Converter<'a> {
                     heredoc.content.clone()
                 };
                 let data = if heredoc.chomp { chomp_heredoc(&data) } else { data };
-                let file = FileOp {
-                    has_base: false,
-                    actions: vec![FileAction::Mkfile {
-                        path: format!("/{}", heredoc.name),
-                        mode: 0o644,
-                        data,
-                        owner: None,
-                    }],
-                };
-                let description = format!("[{} internal] heredoc {}", st.name, heredoc.name);
-                let input = self.add(Op::File(file), vec![], &st.platform.clone(), st, description);
+                let input = self.heredoc_file(st, &heredoc.name, data, 0o644);
                 sources.push((input, vec![format!("/{}", heredoc.name)], false));
                 continue;
             }
@@ -1294,6 +1274,21 @@ impl<'a> Converter<'a> {
         }
         st.history(format!("{text} {dest_word} # buildkit"), false);
         Ok(())
+    }
+
+    /// A heredoc body as the file `/NAME` on an empty tree, for RUN to execute or COPY to copy.
+    fn heredoc_file(&mut self, st: &StageState, name: &str, data: String, mode: u32) -> Input {
+        let file = FileOp {
+            has_base: false,
+            actions: vec![FileAction::Mkfile {
+                path: format!("/{name}"),
+                mode,
+                data,
+                owner: None,
+            }],
+        };
+        let description = format!("[{} internal] heredoc {name}", st.name);
+        self.add(Op::File(file), vec![], &st.platform.clone(), st, description)
     }
 
     fn is_http(&self, input: &Input) -> bool {
