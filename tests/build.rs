@@ -512,3 +512,29 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn no_cache_and_no_cache_filter_rerun_what_they_name() {
+    let env = Env::new();
+    let ctx = env.context(
+        "nocache",
+        &[(
+            "Dockerfile",
+            "FROM busybox AS deps\nRUN echo deps > /deps\nFROM busybox\nCOPY --from=deps /deps /deps\nRUN echo final > /final\n",
+        )],
+    );
+    env.build_ok(&ctx, &[]);
+    let filtered = env.build_ok(&ctx, &["--no-cache-filter", "deps"]);
+    // The stage runs again, and so does what is built on it (its output may have changed).
+    assert!(
+        ran(&filtered, "RUN echo deps") && ran(&filtered, "RUN echo final"),
+        "{filtered}"
+    );
+    let all = env.build_ok(&ctx, &["--no-cache"]);
+    assert!(ran(&all, "RUN echo deps") && ran(&all, "RUN echo final"), "{all}");
+    let again = env.build_ok(&ctx, &[]);
+    assert!(
+        !ran(&again, "RUN echo deps") && !ran(&again, "RUN echo final"),
+        "{again}"
+    );
+}

@@ -107,6 +107,8 @@ struct Inner {
     next_step: AtomicUsize,
     vertices: Vec<Vertex>,
     index: HashMap<Digest, usize>,
+    /// Vertices whose cached results must not be used.
+    uncached: Vec<bool>,
     keys: Vec<OnceCell<Result<blake3::Hash, SolveError>>>,
     results: Vec<OnceCell<Shared<Output>>>,
     hashers: Mutex<HashMap<String, HasherCell>>,
@@ -143,6 +145,15 @@ impl Solver {
                 }
             }
         }
+        // A step that must run again (--no-cache, --no-cache-filter) may produce something new, so nothing built
+        // on it may come from the cache either. Inputs precede their users in `vertices`.
+        let mut uncached = vec![false; vertices.len()];
+        for (i, v) in vertices.iter().enumerate() {
+            uncached[i] = v.meta.ignore_cache
+                || v.inputs
+                    .iter()
+                    .any(|input| index.get(&input.vertex).is_some_and(|&j| uncached[j]));
+        }
         let permits = Semaphore::new(options.max_parallelism.max(1));
         let keys = (0..vertices.len()).map(|_| OnceCell::new()).collect();
         let results = (0..vertices.len()).map(|_| OnceCell::new()).collect();
@@ -157,6 +168,7 @@ impl Solver {
                 next_step: AtomicUsize::new(1),
                 vertices,
                 index,
+                uncached,
                 keys,
                 results,
                 hashers: Mutex::new(HashMap::new()),
@@ -432,7 +444,7 @@ impl Inner {
         }
         let key = self.clone().key(idx).await?;
         let key_text = format!("{CACHE_KEY_VERSION}:{}", key.to_hex());
-        if !v.meta.ignore_cache
+        if !self.uncached[idx]
             && let Some(layers) = self.cached_layers(&key_text)?
         {
             self.cached.fetch_add(1, Ordering::Relaxed);
