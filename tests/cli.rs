@@ -155,3 +155,25 @@ fn the_example_converts() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("greet.sh"));
 }
+
+#[test]
+fn dockerfile_from_stdin() {
+    use std::io::Write;
+    let dir = dockerfile("stdin", "FROM busybox\nRUN echo from-the-file\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["debug", "llb", "-f", "-", dir.to_str().unwrap_or_default()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"FROM busybox\nRUN echo from-stdin\n")
+        .expect("write Dockerfile");
+    let out = child.wait_with_output().expect("kiln finishes");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("echo from-stdin") && !stdout(&out).contains("from-the-file"));
+}

@@ -24,9 +24,22 @@ pub fn dockerfile_path(args: &DockerfileArgs) -> PathBuf {
         .unwrap_or_else(|| args.context.join("Dockerfile"))
 }
 
+/// Reads and parses the Dockerfile at `path`; `-` reads it from standard input, as `docker build -f -` does.
 pub fn load(path: &Path) -> anyhow::Result<LoadedDockerfile> {
-    let display_name = path.display().to_string();
-    let source = std::fs::read(path).with_context(|| format!("cannot read Dockerfile {display_name}"))?;
+    let from_stdin = path == Path::new("-");
+    let display_name = if from_stdin {
+        "Dockerfile".to_string()
+    } else {
+        path.display().to_string()
+    };
+    let source = if from_stdin {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+            .context("reading the Dockerfile from standard input")?;
+        bytes
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read Dockerfile {display_name}"))?
+    };
     let source = String::from_utf8(source).map_err(|e| {
         anyhow::anyhow!(
             "{display_name}: not valid UTF-8 (byte {})",
@@ -146,7 +159,13 @@ pub fn convert_options(
     dockerfile: &Path,
     platform: &Platform,
 ) -> anyhow::Result<ConvertOptions> {
-    let ignore_patterns = dockerignore::load_for_build(&args.context, dockerfile)?;
+    // A Dockerfile from stdin has no `<name>.dockerignore` beside it: only the context's applies.
+    let beside = if dockerfile == Path::new("-") {
+        args.context.join("Dockerfile")
+    } else {
+        dockerfile.to_path_buf()
+    };
+    let ignore_patterns = dockerignore::load_for_build(&args.context, &beside)?;
     let contexts = named_contexts(args)?;
     Ok(ConvertOptions {
         target: args.target.clone(),
