@@ -538,3 +538,59 @@ fn no_cache_and_no_cache_filter_rerun_what_they_name() {
         "{again}"
     );
 }
+
+#[test]
+fn secrets_reach_run_but_not_the_image_nor_the_disk_after_the_build() {
+    let env = Env::new();
+    let ctx = env.context(
+        "secret",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=secret,id=token,required=true wc -c < /run/secrets/token > /seen-length\n",
+        )],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--root")
+        .arg(&env.root)
+        .args([
+            "build",
+            "--progress=plain",
+            "-t",
+            "secret",
+            "--secret",
+            "id=token,env=KILN_TEST_TOKEN",
+        ])
+        .arg(&ctx)
+        .env("KILN_TEST_TOKEN", "s3cr3t-value")
+        .output()
+        .expect("kiln runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        env.run(
+            "secret",
+            &[
+                "sh",
+                "-c",
+                "cat /seen-length; ls /run/secrets 2>/dev/null | wc -l"
+            ]
+        )
+        .split_whitespace()
+        .collect::<Vec<_>>(),
+        ["12", "0"]
+    );
+    let pid_files: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("kiln-secret-"))
+        .filter(|e| std::fs::read(e.path()).is_ok_and(|c| c == b"s3cr3t-value"))
+        .collect();
+    assert!(pid_files.is_empty(), "the secret stayed on disk: {pid_files:?}");
+    let saved = env.work.join("secret.tar");
+    let save = env.kiln(&["save", "-o", saved.to_str().unwrap_or_default(), "secret"]);
+    assert!(save.status.success(), "{}", stderr(&save));
+    let listing = Command::new("tar").arg("-xOf").arg(&saved).output().expect("tar");
+    assert!(
+        !String::from_utf8_lossy(&listing.stdout).contains("s3cr3t-value"),
+        "the secret is in the image"
+    );
+}

@@ -39,7 +39,15 @@ pub fn run(global: &GlobalArgs, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let lease = store.create_lease()?;
     let leased = store.with_lease(&lease);
     let outcome = build(
-        global, &args, &loaded, &platforms, labels, secrets, local_dirs, &leased, started,
+        global,
+        &args,
+        &loaded,
+        &platforms,
+        labels,
+        secrets.paths.clone(),
+        local_dirs,
+        &leased,
+        started,
     );
     // Everything the build made is named (tagged) or recorded in the cache by now.
     if let Err(e) = store.release_lease(&lease) {
@@ -442,10 +450,28 @@ fn key_values(raw: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, Str
         .collect()
 }
 
-/// `--secret id=ID,src=FILE` (or `env=VAR`, whose value is written to a private temp file).
-fn secrets(raw: &[String]) -> anyhow::Result<HashMap<String, PathBuf>> {
-    let mut out = HashMap::new();
-    for spec in raw {
+/// The `--secret`s of a build. Values taken from the environment are written to private files that exist only
+/// while the build runs (dropping this removes them), so no secret outlives the build on disk.
+struct Secrets {
+    paths: HashMap<String, PathBuf>,
+    written: Vec<PathBuf>,
+}
+
+impl Drop for Secrets {
+    fn drop(&mut self) {
+        for file in &self.written {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// `--secret id=ID,src=FILE` (or `env=VAR`).
+fn secrets(raw: &[String]) -> anyhow::Result<Secrets> {
+    let mut secrets = Secrets {
+        paths: HashMap::new(),
+        written: Vec::new(),
+    };
+    for (n, spec) in raw.iter().enumerate() {
         let fields: HashMap<&str, &str> = spec.split(',').filter_map(|f| f.split_once('=')).collect();
         let Some(id) = fields.get("id").filter(|i| !i.is_empty()) else {
             bail!("invalid --secret {spec:?}: write id=ID,src=FILE or id=ID,env=VAR");
@@ -456,23 +482,25 @@ fn secrets(raw: &[String]) -> anyhow::Result<HashMap<String, PathBuf>> {
             let var = fields.get("env").copied().unwrap_or(id);
             let value = std::env::var(var)
                 .with_context(|| format!("--secret {id}: environment variable {var} is not set"))?;
-            let file = std::env::temp_dir().join(format!("kiln-secret-{}-{id}", std::process::id()));
+            // Named by position, not by id: an id is user text and must not pick the path.
+            let file = std::env::temp_dir().join(format!("kiln-secret-{}-{n}", std::process::id()));
             use std::os::unix::fs::OpenOptionsExt;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
-                .open(&file)?;
+                .open(&file)
+                .with_context(|| format!("--secret {id}: creating {}", file.display()))?;
+            secrets.written.push(file.clone());
             std::io::Write::write_all(&mut f, value.as_bytes())?;
             file
         };
         if !path.is_file() {
             bail!("--secret {id}: {} is not a file", path.display());
         }
-        out.insert(id.to_string(), path);
+        secrets.paths.insert(id.to_string(), path);
     }
-    Ok(out)
+    Ok(secrets)
 }
 
 /// A failed build, the way BuildKit shows it: the step, its last output, the Dockerfile lines, the reason.
