@@ -429,6 +429,70 @@ fn pair_history(history: &[History], layers: Vec<Layer>, created: &str) -> (Vec<
     (out, kept)
 }
 
+/// Reads back what [`config_json`] writes: what a build inherits from a base image's config (docker's field
+/// names, absent fields empty).
+pub fn image_info(bytes: &[u8]) -> std::result::Result<ImageInfo, String> {
+    use kiln_llb::image::{HealthConfig, History};
+    let json: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid config JSON: {e}"))?;
+    let config = &json["config"];
+    let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+    };
+    let keys = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut info = ImageInfo {
+        author: json["author"].as_str().map(str::to_string),
+        ..ImageInfo::default()
+    };
+    let c = &mut info.config;
+    c.user = text(&config["User"]);
+    c.exposed_ports = keys(&config["ExposedPorts"]);
+    c.env = strings(&config["Env"]).unwrap_or_default();
+    c.entrypoint = strings(&config["Entrypoint"]);
+    c.cmd = strings(&config["Cmd"]);
+    c.volumes = keys(&config["Volumes"]);
+    c.working_dir = text(&config["WorkingDir"]);
+    c.labels = config["Labels"]
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+        .unwrap_or_default();
+    c.stop_signal = config["StopSignal"].as_str().map(str::to_string);
+    c.on_build = strings(&config["OnBuild"]).unwrap_or_default();
+    c.shell = strings(&config["Shell"]);
+    c.args_escaped = config["ArgsEscaped"].as_bool().unwrap_or(false);
+    if let Some(health) = config["Healthcheck"].as_object() {
+        let nanos = |key: &str| health.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        c.healthcheck = Some(HealthConfig {
+            test: health.get("Test").and_then(strings).unwrap_or_default(),
+            interval: nanos("Interval"),
+            timeout: nanos("Timeout"),
+            start_period: nanos("StartPeriod"),
+            start_interval: nanos("StartInterval"),
+            retries: nanos("Retries"),
+        });
+    }
+    info.history = json["history"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|h| History {
+                    created_by: text(&h["created_by"]),
+                    comment: text(&h["comment"]),
+                    empty_layer: h["empty_layer"].as_bool().unwrap_or(false),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(info)
+}
+
 /// The image config JSON. Field names and omissions follow docker's structs (Go's `omitempty`): an empty
 /// string or list, or a zero, is left out; `config` itself and `rootfs.diff_ids` are always there.
 fn config_json(
@@ -576,6 +640,38 @@ mod tests {
             comment: "buildkit.dockerfile.v0".into(),
             empty_layer,
         }
+    }
+
+    #[test]
+    fn config_json_reads_back_as_written() {
+        let mut info = ImageInfo {
+            author: Some("me".into()),
+            ..ImageInfo::default()
+        };
+        let c = &mut info.config;
+        c.user = "app".into();
+        c.exposed_ports.insert("80/tcp".into());
+        c.env = vec!["A=1".into(), "PATH=/bin".into()];
+        c.entrypoint = Some(vec!["run".into()]);
+        c.cmd = Some(vec!["--flag".into()]);
+        c.volumes.insert("/data".into());
+        c.working_dir = "/w".into();
+        c.labels.insert("k".into(), "v".into());
+        c.stop_signal = Some("SIGINT".into());
+        c.healthcheck = Some(HealthConfig {
+            test: vec!["CMD".into(), "true".into()],
+            interval: 5,
+            retries: 2,
+            ..HealthConfig::default()
+        });
+        c.on_build = vec!["RUN x".into()];
+        c.shell = Some(vec!["/bin/bash".into(), "-c".into()]);
+        c.args_escaped = true;
+        let platform = Platform::parse("linux/amd64").expect("platform");
+        let json = config_json(&info, &platform, &BTreeMap::new(), "T", &[], Vec::new());
+        let back = image_info(&canonical::to_vec(&json)).expect("reads back");
+        assert_eq!(back.config, info.config);
+        assert_eq!(back.author, info.author);
     }
 
     #[test]

@@ -159,7 +159,8 @@ impl ImageResolver for BaseImages {
 }
 
 fn base_image(image: ResolvedImage) -> Result<Arc<BaseImage>, String> {
-    let mut info = image_info_from_config(&image.config).map_err(|e| format!("image {}: {e}", image.name))?;
+    let mut info =
+        kiln_exporter::image::image_info(&image.config).map_err(|e| format!("image {}: {e}", image.name))?;
     // The base's history stays with the base's layers (the exporter copies it verbatim); the build's image
     // history starts with the build's own instructions.
     info.history.clear();
@@ -168,67 +169,4 @@ fn base_image(image: ResolvedImage) -> Result<Arc<BaseImage>, String> {
         info,
         image,
     }))
-}
-
-/// Reads what a build inherits from a base image's config: docker's field names, absent fields empty.
-pub fn image_info_from_config(bytes: &[u8]) -> Result<ImageInfo, String> {
-    use kiln_llb::image::{HealthConfig, History};
-    let json: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("invalid config JSON: {e}"))?;
-    let config = &json["config"];
-    let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
-        v.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
-    };
-    let keys = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
-        v.as_object()
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default()
-    };
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    let mut info = ImageInfo {
-        author: json["author"].as_str().map(str::to_string),
-        ..ImageInfo::default()
-    };
-    let c = &mut info.config;
-    c.user = text(&config["User"]);
-    c.exposed_ports = keys(&config["ExposedPorts"]);
-    c.env = strings(&config["Env"]).unwrap_or_default();
-    c.entrypoint = strings(&config["Entrypoint"]);
-    c.cmd = strings(&config["Cmd"]);
-    c.volumes = keys(&config["Volumes"]);
-    c.working_dir = text(&config["WorkingDir"]);
-    c.labels = config["Labels"]
-        .as_object()
-        .map(|o| o.iter().map(|(k, v)| (k.clone(), text(v))).collect())
-        .unwrap_or_default();
-    c.stop_signal = config["StopSignal"].as_str().map(str::to_string);
-    c.on_build = strings(&config["OnBuild"]).unwrap_or_default();
-    c.shell = strings(&config["Shell"]);
-    c.args_escaped = config["ArgsEscaped"].as_bool().unwrap_or(false);
-    if let Some(health) = config["Healthcheck"].as_object() {
-        let nanos = |key: &str| health.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
-        c.healthcheck = Some(HealthConfig {
-            test: health.get("Test").and_then(strings).unwrap_or_default(),
-            interval: nanos("Interval"),
-            timeout: nanos("Timeout"),
-            start_period: nanos("StartPeriod"),
-            start_interval: nanos("StartInterval"),
-            retries: nanos("Retries"),
-        });
-    }
-    info.history = json["history"]
-        .as_array()
-        .map(|entries| {
-            entries
-                .iter()
-                .map(|h| History {
-                    created_by: text(&h["created_by"]),
-                    comment: text(&h["comment"]),
-                    empty_layer: h["empty_layer"].as_bool().unwrap_or(false),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(info)
 }

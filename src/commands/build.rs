@@ -125,7 +125,7 @@ fn build(
     );
     let solved: Result<Vec<Vec<LayerRef>>, SolveError> = runtime.block_on(async {
         let roots = converted.iter().map(|c| solver.solve(c.definition.root));
-        futures_join(roots).await
+        futures::future::try_join_all(roots).await
     });
     solver.save_indexes();
     let stats = solver.stats();
@@ -391,13 +391,6 @@ fn export_all(
     }
     let index = build_index(store, &built, opts.oci_mediatypes, &output.index_annotations)?;
     Ok(Exported::Index(index))
-}
-
-async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Result<Vec<Vec<LayerRef>>, SolveError>
-where
-    F: std::future::Future<Output = Result<Vec<LayerRef>, SolveError>>,
-{
-    futures::future::try_join_all(futures).await
 }
 
 /// Writes the image: the base image's blobs as they are, the build's own layers exported from snapshots.

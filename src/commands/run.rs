@@ -6,7 +6,6 @@ use crate::cli::{GlobalArgs, RunArgs};
 use anyhow::{Context, bail};
 use kiln_llb::Platform;
 use kiln_registry::Reference;
-use kiln_solver::base::image_info_from_config;
 use kiln_solver::images;
 use kiln_solver::sandbox::{Network, Sandbox, SandboxSpec};
 use std::process::ExitCode;
@@ -31,7 +30,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                 ))?
             }
         };
-        let info = image_info_from_config(&image.config).map_err(anyhow::Error::msg)?;
+        let info = kiln_exporter::image::image_info(&image.config).map_err(anyhow::Error::msg)?;
         let snapshots = images::materialize(&leased, &image)?;
         if platform != Platform::host() {
             kiln_solver::sandbox::check_emulation(&platform.architecture)?;

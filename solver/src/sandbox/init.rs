@@ -160,13 +160,7 @@ fn build_rootfs(
         ("/etc/hostname", &req.hostname_file),
     ] {
         let what = format!("mounting {dest}");
-        let target = rootpath::ensure(
-            root,
-            dest,
-            Kind::File,
-            Create::Stub(stubs),
-            &format!("mount point {dest}"),
-        )?;
+        let target = mount_point(root, dest, Kind::File, stubs)?;
         let file = mounts::bind(source, false, true, &what)?;
         mounts::attach(&file, target.as_fd(), &what)?;
     }
@@ -178,7 +172,7 @@ fn build_rootfs(
 
 fn mount_proc(root: BorrowedFd<'_>, stubs: &mut StubRecorder) -> Result<(), ChildError> {
     const WHAT: &str = "mounting /proc";
-    let target = rootpath::ensure(root, "/proc", Kind::Dir, Create::Stub(stubs), "mount point /proc")?;
+    let target = mount_point(root, "/proc", Kind::Dir, stubs)?;
     // A new procfs shows the new pid namespace; only a process inside it (us) can mount that.
     let ctx = FsContext::open("proc", WHAT)?;
     ctx.set("source", "proc")?;
@@ -229,7 +223,7 @@ fn mask_dir(dir: BorrowedFd<'_>, name: &str, parent: &str) -> Result<(), ChildEr
 
 fn mount_dev(root: BorrowedFd<'_>, stubs: &mut StubRecorder) -> Result<(), ChildError> {
     const WHAT: &str = "mounting /dev";
-    let target = rootpath::ensure(root, "/dev", Kind::Dir, Create::Stub(stubs), "mount point /dev")?;
+    let target = mount_point(root, "/dev", Kind::Dir, stubs)?;
     let dev = mounts::tmpfs("755", Some(64 << 20), MountAttrFlags::MOUNT_ATTR_NOSUID, WHAT)?;
     mounts::attach(&dev, target.as_fd(), WHAT)?;
     let dev = dev.as_fd();
@@ -277,7 +271,7 @@ fn mount_dev(root: BorrowedFd<'_>, stubs: &mut StubRecorder) -> Result<(), Child
 
 fn mount_sys(root: BorrowedFd<'_>, stubs: &mut StubRecorder) -> Result<(), ChildError> {
     const WHAT: &str = "mounting /sys";
-    let target = rootpath::ensure(root, "/sys", Kind::Dir, Create::Stub(stubs), "mount point /sys")?;
+    let target = mount_point(root, "/sys", Kind::Dir, stubs)?;
     let attrs = MountAttrFlags::MOUNT_ATTR_RDONLY
         | MountAttrFlags::MOUNT_ATTR_NOSUID
         | MountAttrFlags::MOUNT_ATTR_NODEV
@@ -308,25 +302,13 @@ fn mount_extra(
             let what = format!("bind-mounting {} at {dest}", source.display());
             let meta = std::fs::metadata(source).map_err(|e| ChildError::setup(&what, e.to_string()))?;
             let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
-            let target = rootpath::ensure(
-                root,
-                dest,
-                kind,
-                Create::Stub(stubs),
-                &format!("mount point {dest}"),
-            )?;
+            let target = mount_point(root, dest, kind, stubs)?;
             let tree = mounts::bind(source, true, *readonly, &what)?;
             mounts::attach(&tree, target.as_fd(), &what)
         }
         SandboxMount::Tmpfs { dest, size } => {
             let what = format!("mounting a tmpfs at {dest}");
-            let target = rootpath::ensure(
-                root,
-                dest,
-                Kind::Dir,
-                Create::Stub(stubs),
-                &format!("mount point {dest}"),
-            )?;
+            let target = mount_point(root, dest, Kind::Dir, stubs)?;
             let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
             let tmpfs = mounts::tmpfs("1777", *size, attrs, &what)?;
             mounts::attach(&tmpfs, target.as_fd(), &what)
@@ -338,13 +320,7 @@ fn mount_extra(
             dest,
         } => {
             let what = format!("mounting an overlay at {dest}");
-            let target = rootpath::ensure(
-                root,
-                dest,
-                Kind::Dir,
-                Create::Stub(stubs),
-                &format!("mount point {dest}"),
-            )?;
+            let target = mount_point(root, dest, Kind::Dir, stubs)?;
             let overlay = mounts::overlay(lower_dirs, upper_dir, work_dir, &req.empty_dir, &what)?;
             mounts::attach(&overlay, target.as_fd(), &what)
         }
@@ -400,4 +376,20 @@ impl Prepared {
             user,
         })
     }
+}
+
+/// Resolves (creating it as a stub when missing) where a mount goes, inside the rootfs.
+fn mount_point(
+    root: BorrowedFd<'_>,
+    dest: &str,
+    kind: Kind,
+    stubs: &mut StubRecorder,
+) -> Result<OwnedFd, ChildError> {
+    rootpath::ensure(
+        root,
+        dest,
+        kind,
+        Create::Stub(stubs),
+        &format!("mount point {dest}"),
+    )
 }
