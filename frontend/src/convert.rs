@@ -79,11 +79,7 @@ impl Default for ConvertOptions {
     }
 }
 
-/// Supplies base images' configs (ENV, WORKDIR, USER, ONBUILD...) where the caller can resolve them; the
-/// converter works without one, as `kiln debug llb` does.
-pub trait ImageResolver {
-    fn resolve(&self, reference: &str, platform: &Platform) -> Result<Option<ImageInfo>, String>;
-}
+pub use kiln_llb::image::ImageResolver;
 
 /// The result of a conversion.
 #[derive(Debug, Clone)]

@@ -3,6 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::Platform;
+
+/// Supplies base images' configs (ENV, WORKDIR, USER, ONBUILD...) to a frontend that converts a build into a
+/// graph, where the caller can resolve them; a frontend works without one, as `kiln debug llb` does. The
+/// solver's answer for the same reference and platform is the same image: it resolves each once per build.
+pub trait ImageResolver {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<Option<ImageInfo>, String>;
+}
+
 /// The runtime part of an OCI image config, with docker's extensions (Healthcheck, OnBuild, Shell).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageConfig {

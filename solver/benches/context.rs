@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use kiln_frontend::dockerignore::PatternMatcher;
+use kiln_fsutil::ignore::PatternMatcher;
 use kiln_solver::context::{ContextHasher, RACY_MARGIN};
 
 fn env_usize(name: &str, default: usize) -> usize {

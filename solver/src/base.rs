@@ -6,9 +6,8 @@
 use crate::images::{self, ResolvedImage};
 use crate::solve::LayerRef;
 use kiln_cache::{Digest, Store};
-use kiln_frontend::convert::ImageResolver;
 use kiln_llb::Platform;
-use kiln_llb::image::ImageInfo;
+use kiln_llb::image::{ImageInfo, ImageResolver};
 use kiln_registry::{Reference, RegistryClient};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

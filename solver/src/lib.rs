@@ -7,7 +7,6 @@ pub mod fileop;
 pub mod http;
 pub mod images;
 pub mod overlay;
-mod passwd;
 pub mod progress;
 pub mod sandbox;
 pub mod solve;

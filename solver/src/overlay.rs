@@ -2,9 +2,8 @@
 //! and mounts from other stages need a merged, read-only (or throwaway-writable) view. kiln unshares its mount
 //! namespace at start-up, so whatever is mounted here disappears with the process, even on SIGKILL.
 
-use crate::sandbox::mounts;
-use crate::sandbox::protocol::ChildError;
 use kiln_cache::Store;
+use kiln_fsutil::mount::{self as mounts, MountError};
 use rustix::mount::{MountAttrFlags, UnmountFlags, unmount};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -112,8 +111,8 @@ pub fn lower_dirs(bottom_to_top: impl DoubleEndedIterator<Item = PathBuf>) -> Ve
         .collect()
 }
 
-fn mount_error(e: ChildError) -> io::Error {
-    io::Error::other(crate::sandbox::SandboxError::from(e))
+fn mount_error(e: MountError) -> io::Error {
+    io::Error::other(e)
 }
 
 fn fresh_dir(store: &Store, kind: &str) -> io::Result<PathBuf> {

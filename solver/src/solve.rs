@@ -15,7 +15,8 @@ use crate::progress::{Event, EventSender, Stream};
 use crate::sandbox::{self, Network, OutputStream, Sandbox, SandboxMount, SandboxSpec};
 use futures::future::{BoxFuture, FutureExt, try_join_all};
 use kiln_cache::{CacheRecord, PreparedSnapshot, SnapshotId, Store};
-use kiln_frontend::dockerignore::PatternMatcher;
+use kiln_fsutil::ignore::PatternMatcher;
+use kiln_fsutil::root::resolve_in_root;
 use kiln_llb::{
     Definition, Digest, Exec, FileAction, FileOp, Input, MountKind, NetworkMode, Op, Source, Vertex,
 };
@@ -29,6 +30,14 @@ use tokio::sync::{OnceCell, Semaphore};
 
 /// Bumped whenever what a key covers changes, so old cache records stop matching instead of lying.
 const CACHE_KEY_VERSION: &str = "kiln-cache-v1";
+
+/// What of a local source an op reads, for its cache key.
+enum ContextSelection {
+    /// A COPY/ADD's sources.
+    Copy(kiln_llb::Copy),
+    /// A `RUN --mount=type=bind` of this path and everything below it.
+    Bind(String),
+}
 
 /// How many lines of a failed step's output the error repeats.
 const OUTPUT_TAIL_LINES: usize = 20;
@@ -298,7 +307,7 @@ impl Inner {
                             mount.selector.clone()
                         };
                         let part = self
-                            .hash_context(idx, &name, vec![selector], true, Vec::new())
+                            .hash_context(idx, &name, ContextSelection::Bind(selector))
                             .await?;
                         hasher.update(part.as_bytes());
                     }
@@ -310,13 +319,7 @@ impl Inner {
                         && let Some(name) = self.local_source_name(idx, copy.src_input)
                     {
                         let part = self
-                            .hash_context(
-                                idx,
-                                &name,
-                                copy.src.clone(),
-                                copy.follow_symlinks,
-                                copy.exclude.clone(),
-                            )
+                            .hash_context(idx, &name, ContextSelection::Copy(copy.clone()))
                             .await?;
                         hasher.update(part.as_bytes());
                     }
@@ -398,15 +401,16 @@ impl Inner {
         &self,
         idx: usize,
         name: &str,
-        patterns: Vec<String>,
-        follow_symlinks: bool,
-        exclude: Vec<String>,
+        selection: ContextSelection,
     ) -> Result<blake3::Hash, SolveError> {
         let hasher = self.hasher(name).await?;
-        let result =
-            tokio::task::spawn_blocking(move || hasher.hash_selection(&patterns, follow_symlinks, &exclude))
-                .await
-                .map_err(SolveError::other)?;
+        let result = tokio::task::spawn_blocking(move || match &selection {
+            // The same selection the copy makes, so the key covers exactly the files it reads.
+            ContextSelection::Copy(copy) => hasher.hash_copy(&fileop::copy_spec(copy)),
+            ContextSelection::Bind(path) => hasher.hash_selection(std::slice::from_ref(path), true, &[]),
+        })
+        .await
+        .map_err(SolveError::other)?;
         result.map_err(|e| self.step_error(idx, e))
     }
 
@@ -640,16 +644,16 @@ impl Inner {
             match &mount.kind {
                 MountKind::Bind => {
                     let source = match input_of(mount.input).map(|o| &**o) {
-                        Some(Output::Dir { path, .. }) => fileop::resolve_in_root(path, &mount.selector)
-                            .map_err(|e| {
+                        Some(Output::Dir { path, .. }) => {
+                            resolve_in_root(path, &mount.selector).map_err(|e| {
                                 self.step_error(idx, format!("mount source {:?}: {e}", mount.selector))
-                            })?,
+                            })?
+                        }
                         Some(Output::Layers(layers)) => {
                             let view = self.mount_view(layers, !mount.readonly)?;
-                            let path =
-                                fileop::resolve_in_root(view.path(), &mount.selector).map_err(|e| {
-                                    self.step_error(idx, format!("mount source {:?}: {e}", mount.selector))
-                                })?;
+                            let path = resolve_in_root(view.path(), &mount.selector).map_err(|e| {
+                                self.step_error(idx, format!("mount source {:?}: {e}", mount.selector))
+                            })?;
                             views.push(view);
                             path
                         }

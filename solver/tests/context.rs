@@ -6,7 +6,7 @@ use std::os::unix::fs::{PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use kiln_frontend::dockerignore::PatternMatcher;
+use kiln_fsutil::ignore::PatternMatcher;
 use kiln_solver::context::{ContextError, ContextHasher, IndexState, RACY_MARGIN, hash_tree};
 
 fn tmp() -> tempfile::TempDir {

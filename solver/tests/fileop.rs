@@ -7,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use kiln_frontend::dockerignore::PatternMatcher;
+use kiln_fsutil::ignore::PatternMatcher;
 use kiln_llb::{Copy, FileAction, Owner};
 use kiln_solver::fileop::{FileOpEnv, FileOpError, apply};
 

@@ -19,7 +19,7 @@
 //! `size` is the file size for regular files and 0 otherwise (a directory's size depends on the
 //! filesystem, a symlink's is its target's length, already encoded); `rdev` is 0 except for devices.
 
-use super::fsops::{Kind, Meta};
+use kiln_fsutil::stat::{Kind, Meta};
 
 const NODE_TAG: &str = "kiln.context.node.v1";
 const SELECTION_TAG: &str = "kiln.context.selection.v1";

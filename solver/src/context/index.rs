@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::fsops::{Meta, Ts};
+use kiln_fsutil::stat::{Meta, Ts};
 
 const MAGIC: &[u8] = b"kiln-context-index\0";
 const VERSION: u32 = 1;

@@ -14,16 +14,11 @@
 //! the context root were `/`.
 //!
 //! # Selections
-//! [`ContextHasher::hash_selection`] hashes exactly what a COPY with those sources reads, mirroring
-//! fsutil's copy: each source is cleaned as `filepath.Join("/", src)`, split before its first segment
-//! with a wildcard; the literal part is resolved inside the root (intermediate symlinks always followed,
-//! the last one only with `follow_symlinks`), the wildcard part matched one segment at a time with Go's
-//! `filepath.Match` against real directories (a malformed wildcard matches nothing, as in fsutil). Each
-//! match is then resolved like a literal source and hashed with its subtree. `exclude` (COPY
-//! `--exclude`) patterns are matched, as fsutil's copier does, against paths *relative to each matched
-//! source*, and never remove the matched source itself. A directory that `--exclude` matches but an
-//! exception might reach into is kept, even if nothing below it survives: that may hash more than the
-//! copy reads, never less.
+//! [`ContextHasher::hash_copy`] hashes exactly what a COPY reads: the entries of the
+//! [`kiln_fsutil::select`] selection that the copy itself writes (sources, wildcard matches, symlinks
+//! followed or not, `.dockerignore`, `--exclude` and `--parents` filters), each match as the Merkle node
+//! of what is selected below it. [`ContextHasher::hash_selection`] is the same for a plain list of
+//! sources, where one that matches nothing hashes as "no match" instead of failing.
 //!
 //! # The stat index
 //! Regular files' content hashes are remembered by path with their `(dev, ino, size, mtime, ctime, mode,
@@ -43,11 +38,9 @@
 //! - Not hashed: xattrs, file flags, ACLs.
 
 mod encode;
-mod fsops;
-pub(crate) mod glob;
 mod index;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
@@ -58,21 +51,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use kiln_frontend::dockerignore::{IgnoreError, PatternMatcher};
+use kiln_fsutil::Root;
+use kiln_fsutil::ignore::{IgnoreError, PatternMatcher};
+use kiln_fsutil::select::{CopySpec, Entry, Item, SelectError, Selector, SourceSelection};
+use kiln_fsutil::stat::{Kind, Meta, Ts, stat_fd};
 use rayon::prelude::*;
-use rustix::fs::{FileType, OFlags};
+use rustix::fs::OFlags;
 use rustix::io::Errno;
 
-use fsops::{Kind, Meta, Root, Ts};
-use index::{Entry, StatKey};
+use index::{Entry as IndexEntry, StatKey};
 
 /// How far before a scan's start a timestamp still counts as racy. File timestamps come from a coarse
 /// clock (one tick, at most 10 ms on Linux local file systems) and FAT keeps mtimes to 2 s, so 2 s covers
 /// every granule a context is likely to sit on.
 pub const RACY_MARGIN: Duration = Duration::from_secs(2);
-
-/// Linux gives up after 40; containerd's root-scoped resolver, which BuildKit uses, after 255.
-const MAX_SYMLINKS: usize = 255;
 
 /// Files at least this big are hashed with blake3's multi-threaded mode, so one large file does not
 /// leave the other cores idle.
@@ -84,7 +76,6 @@ pub enum ContextError {
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
         source: io::Error,
     },
     #[error("context directory {} is not a directory", path.display())]
@@ -94,7 +85,10 @@ pub enum ContextError {
     #[error("{}: too many levels of symbolic links", path.display())]
     SymlinkLoop { path: PathBuf },
     #[error("invalid --exclude pattern: {0}")]
-    BadExclude(#[source] IgnoreError),
+    BadExclude(IgnoreError),
+    /// What the COPY names is not there (or cannot be read): the same error the copy would fail with.
+    #[error(transparent)]
+    Select(SelectError),
 }
 
 /// What became of the persisted index at [`ContextHasher::open`].
@@ -129,7 +123,7 @@ pub struct ContextHasher {
     matcher: PatternMatcher,
     index_file: Option<PathBuf>,
     index_state: IndexState,
-    loaded: HashMap<Vec<u8>, Entry>,
+    loaded: HashMap<Vec<u8>, IndexEntry>,
     /// Racy-clean reference for everything recorded by this hasher: its opening time less the margin.
     reference: Ts,
     session: Mutex<Session>,
@@ -141,57 +135,9 @@ pub struct ContextHasher {
 #[derive(Default)]
 struct Session {
     /// Trusted content hashes seen by this hasher (read, or confirmed from the loaded index).
-    fresh: HashMap<Vec<u8>, Entry>,
+    fresh: HashMap<Vec<u8>, IndexEntry>,
     /// Roots of complete walks: loaded entries below them that were not seen again are gone.
     walked: HashSet<Vec<u8>>,
-}
-
-/// A path resolved inside the root.
-struct Resolved {
-    rel: Vec<u8>,
-    meta: Meta,
-    link: Option<Vec<u8>>,
-    /// Excluded by `.dockerignore` but possibly re-included below: visible only if non-empty.
-    ignored_dir: bool,
-}
-
-struct Child {
-    name: Vec<u8>,
-    rel: Vec<u8>,
-    /// The path relative to the matched COPY source, only when `--exclude` patterns apply.
-    sub: Option<Vec<u8>>,
-    meta: Meta,
-    link: Option<Vec<u8>>,
-    ignored_dir: bool,
-}
-
-#[derive(PartialEq, Eq)]
-enum Visibility {
-    Visible,
-    /// An excluded directory that an exception pattern may reach into.
-    Tentative,
-    Hidden,
-}
-
-fn visibility(matcher: &PatternMatcher, rel: &[u8], is_dir: bool) -> Visibility {
-    let path = String::from_utf8_lossy(rel);
-    if !matcher.is_excluded(&path) {
-        Visibility::Visible
-    } else if is_dir && !matcher.can_skip_dir(&path) {
-        Visibility::Tentative
-    } else {
-        Visibility::Hidden
-    }
-}
-
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(dir.len() + 1 + name.len());
-    out.extend_from_slice(dir);
-    if !dir.is_empty() {
-        out.push(b'/');
-    }
-    out.extend_from_slice(name);
-    out
 }
 
 impl ContextHasher {
@@ -207,15 +153,14 @@ impl ContextHasher {
             path: context_dir.to_path_buf(),
             source,
         })?;
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let fd = rustix::fs::open(&root_path, flags, rustix::fs::Mode::empty()).map_err(|e| match e {
-            Errno::NOTDIR => ContextError::NotADirectory {
+        let root = Root::new(&root_path).map_err(|e| match e.raw_os_error() {
+            Some(code) if code == Errno::NOTDIR.raw_os_error() => ContextError::NotADirectory {
                 path: root_path.clone(),
             },
-            e => ContextError::Io {
+            _ => ContextError::Io {
                 op: "opening context directory",
                 path: root_path.clone(),
-                source: e.into(),
+                source: e,
             },
         })?;
         let reference = Ts::now_minus(RACY_MARGIN);
@@ -247,7 +192,7 @@ impl ContextHasher {
         };
         Ok(ContextHasher {
             root_path,
-            root: Root::new(fd),
+            root,
             matcher,
             index_file,
             index_state,
@@ -281,50 +226,162 @@ impl ContextHasher {
         }
     }
 
+    fn select(&self, spec: &CopySpec<'_>) -> Result<Vec<SourceSelection>, ContextError> {
+        Selector::new(&self.root, Some(&self.matcher))
+            .select(spec)
+            .map_err(|e| match e {
+                SelectError::Io { path, source, .. }
+                    if source.raw_os_error() == Some(Errno::LOOP.raw_os_error()) =>
+                {
+                    ContextError::SymlinkLoop {
+                        path: self.abs(path.trim_start_matches('/').as_bytes()),
+                    }
+                }
+                e => ContextError::Select(e),
+            })
+    }
+
     /// The hash of the whole (dockerignore-filtered) context, root directory node included: for uses
     /// that see all of it, such as `RUN --mount=type=bind` of the context.
     pub fn hash_all(&self) -> Result<blake3::Hash, ContextError> {
-        let meta = fsops::stat_fd(self.root.fd()).map_err(|e| self.io("stat", b"", e))?;
-        let root = Resolved {
-            rel: Vec::new(),
-            meta,
-            link: None,
-            ignored_dir: false,
+        let spec = CopySpec {
+            sources: &[String::new()],
+            follow_symlinks: true,
+            allow_wildcard: false,
+            allow_empty_wildcard: false,
+            parents: false,
+            exclude: &[],
         };
-        self.subtree(&root, None)?.ok_or_else(|| ContextError::Changed {
+        let mut selection = self.select(&spec)?;
+        let item = selection
+            .pop()
+            .and_then(|mut s| s.items.pop())
+            .ok_or_else(|| ContextError::Changed {
+                path: self.root_path.clone(),
+            })?;
+        self.item_node(&item, true)?.ok_or_else(|| ContextError::Changed {
             path: self.root_path.clone(),
         })
     }
 
-    /// The hash of exactly what a COPY of `patterns` (context-relative sources, wildcards allowed) reads;
-    /// see the module documentation for the rules. A pattern that matches nothing hashes as "no match".
+    /// The hash of exactly what a COPY with `spec` from this context reads. Fails as the copy would when a
+    /// source is missing.
+    pub fn hash_copy(&self, spec: &CopySpec<'_>) -> Result<blake3::Hash, ContextError> {
+        let selection = self.select(spec)?;
+        let complete = spec.exclude.is_empty();
+        let mut enc = encode::selection(spec.follow_symlinks, spec.exclude);
+        enc.u64(selection.len() as u64);
+        for source in &selection {
+            self.encode_source(&mut enc, &source.raw, Some(source), complete && !source.filtered)?;
+        }
+        Ok(enc.finish())
+    }
+
+    /// The hash of what a COPY of `patterns` (context-relative sources, wildcards allowed) reads, with
+    /// `--exclude` patterns `exclude`. A pattern that matches nothing hashes as "no match".
     pub fn hash_selection(
         &self,
         patterns: &[String],
         follow_symlinks: bool,
         exclude: &[String],
     ) -> Result<blake3::Hash, ContextError> {
-        let exclude_matcher = match exclude.is_empty() {
-            true => None,
-            false => Some(PatternMatcher::new(exclude).map_err(ContextError::BadExclude)?),
-        };
+        if !exclude.is_empty() {
+            PatternMatcher::new(exclude).map_err(ContextError::BadExclude)?;
+        }
         let mut enc = encode::selection(follow_symlinks, exclude);
         enc.u64(patterns.len() as u64);
         for pattern in patterns {
-            enc.bytes(pattern.as_bytes());
-            let matches = self.select(pattern, follow_symlinks, exclude_matcher.as_ref())?;
-            if matches.is_empty() {
-                enc.u8(0);
-                continue;
-            }
-            enc.u8(1);
-            enc.u64(matches.len() as u64);
-            for (path, hash) in &matches {
-                enc.bytes(path);
-                enc.raw(hash);
-            }
+            let spec = CopySpec {
+                sources: std::slice::from_ref(pattern),
+                follow_symlinks,
+                allow_wildcard: true,
+                allow_empty_wildcard: true,
+                parents: false,
+                exclude,
+            };
+            let source = match self.select(&spec) {
+                Ok(mut selection) => selection.pop(),
+                Err(ContextError::Select(SelectError::SourceNotFound { .. })) => None,
+                Err(e) => return Err(e),
+            };
+            self.encode_source(&mut enc, pattern, source.as_ref(), exclude.is_empty())?;
         }
         Ok(enc.finish())
+    }
+
+    /// One source of a selection: its text, then "no match" or its matches with their nodes.
+    fn encode_source(
+        &self,
+        enc: &mut encode::Encoder,
+        raw: &str,
+        source: Option<&SourceSelection>,
+        complete: bool,
+    ) -> Result<(), ContextError> {
+        enc.bytes(raw.as_bytes());
+        let items = source.map_or(&[][..], |s| s.items.as_slice());
+        let hashed: Vec<Option<(&Item, blake3::Hash)>> = items
+            .par_iter()
+            .map(|item| Ok(self.item_node(item, complete)?.map(|hash| (item, hash))))
+            .collect::<Result<_, ContextError>>()?;
+        let matches: Vec<(&Item, blake3::Hash)> = hashed.into_iter().flatten().collect();
+        if matches.is_empty() {
+            enc.u8(0);
+            return Ok(());
+        }
+        enc.u8(1);
+        enc.u64(matches.len() as u64);
+        for (item, hash) in &matches {
+            enc.bytes(item.name.as_os_str().as_bytes());
+            enc.raw(hash);
+        }
+        Ok(())
+    }
+
+    /// The Merkle node of a selected item and what it selects below it; `None` when nothing of it exists
+    /// any more (a file that vanished, a `.dockerignore`d directory kept only for exceptions that select
+    /// nothing). `complete` says the walk saw everything below the item, for the stat index.
+    fn item_node(&self, item: &Item, complete: bool) -> Result<Option<blake3::Hash>, ContextError> {
+        let src = item.src.as_os_str().as_bytes();
+        match item.meta.kind() {
+            Kind::Dir => {
+                let contents = self.file_contents(&item.src, &item.entries)?;
+                let (children, _) = children(&item.entries, &contents, 0, 1);
+                if complete {
+                    self.session().walked.insert(src.to_vec());
+                }
+                if item.hidden_dir && children.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some(encode::dir(&item.meta, &children)))
+            }
+            Kind::File => Ok(self
+                .file_content(src, &item.meta)?
+                .map(|(meta, content)| encode::leaf(&meta, b"", Some(&content)))),
+            Kind::Symlink => Ok(Some(encode::leaf(
+                &item.meta,
+                item.link.as_deref().unwrap_or_default(),
+                None,
+            ))),
+            _ => Ok(Some(encode::leaf(&item.meta, b"", None))),
+        }
+    }
+
+    /// The content hashes of the regular files among `entries` (below `src`), read in parallel.
+    fn file_contents(
+        &self,
+        src: &Path,
+        entries: &[Entry],
+    ) -> Result<Vec<Option<(Meta, blake3::Hash)>>, ContextError> {
+        entries
+            .par_iter()
+            .map(|entry| match entry.meta.kind() {
+                Kind::File => {
+                    let rel = src.join(&entry.rel);
+                    self.file_content(rel.as_os_str().as_bytes(), &entry.meta)
+                }
+                _ => Ok(None),
+            })
+            .collect()
     }
 
     /// Persists the stat index (no-op without an index directory). Keeps what this hasher saw plus the
@@ -334,7 +391,7 @@ impl ContextHasher {
             return Ok(());
         };
         let session = self.session();
-        let mut entries: Vec<(&Vec<u8>, &Entry)> = session.fresh.iter().collect();
+        let mut entries: Vec<(&Vec<u8>, &IndexEntry)> = session.fresh.iter().collect();
         for (rel, entry) in &self.loaded {
             if !session.fresh.contains_key(rel) && !under_walked(rel, &session.walked) {
                 entries.push((rel, entry));
@@ -358,320 +415,25 @@ impl ContextHasher {
         self.root_path.join(OsStr::from_bytes(rel))
     }
 
-    fn io(&self, op: &'static str, rel: &[u8], e: Errno) -> ContextError {
+    fn io(&self, op: &'static str, rel: &[u8], e: io::Error) -> ContextError {
         ContextError::Io {
             op,
             path: self.abs(rel),
-            source: e.into(),
+            source: e,
         }
     }
 
     /// Turns an open/stat failure on a path we just listed into an error; `Ok(())` means it vanished.
-    fn vanished_or(&self, op: &'static str, rel: &[u8], e: Errno) -> Result<(), ContextError> {
-        match e {
-            Errno::NOENT => Ok(()),
+    fn vanished_or(&self, op: &'static str, rel: &[u8], e: io::Error) -> Result<(), ContextError> {
+        let errno = e.raw_os_error().map(Errno::from_raw_os_error);
+        match errno {
+            Some(Errno::NOENT) => Ok(()),
             // A component turned into a symlink or a non-directory since we looked.
-            Errno::LOOP | Errno::NOTDIR | Errno::XDEV => Err(ContextError::Changed { path: self.abs(rel) }),
-            e => Err(self.io(op, rel, e)),
+            Some(Errno::LOOP | Errno::NOTDIR | Errno::XDEV) => {
+                Err(ContextError::Changed { path: self.abs(rel) })
+            }
+            _ => Err(self.io(op, rel, e)),
         }
-    }
-
-    fn select(
-        &self,
-        pattern: &str,
-        follow: bool,
-        exclude: Option<&PatternMatcher>,
-    ) -> Result<Vec<(Vec<u8>, blake3::Hash)>, ContextError> {
-        let rel = glob::clean_rel(pattern.as_bytes());
-        let (literal, wild) = glob::split_wildcards(&rel);
-        let candidates = match wild.is_empty() {
-            true => vec![literal],
-            false => self.expand(&literal, &wild, follow)?,
-        };
-        let hashed: Vec<Option<(Vec<u8>, blake3::Hash)>> = candidates
-            .into_par_iter()
-            .map(|path| {
-                let Some(resolved) = self.resolve(&path, follow)? else {
-                    return Ok(None);
-                };
-                Ok(self.subtree(&resolved, exclude)?.map(|hash| (path, hash)))
-            })
-            .collect::<Result<_, ContextError>>()?;
-        Ok(hashed.into_iter().flatten().collect())
-    }
-
-    /// fsutil's `ResolveWildcards`: the matches of `wild` below the resolved `literal`, sorted.
-    fn expand(&self, literal: &[u8], wild: &[u8], follow: bool) -> Result<Vec<Vec<u8>>, ContextError> {
-        let Some(base) = self.resolve(literal, follow)? else {
-            return Ok(Vec::new());
-        };
-        if !base.meta.is_dir() {
-            return Ok(Vec::new());
-        }
-        let segments: Vec<&[u8]> = wild.split(|b| *b == b'/').collect();
-        let mut out = Vec::new();
-        self.expand_level(&base.rel, &segments, &mut out)?;
-        out.sort_unstable();
-        Ok(out)
-    }
-
-    fn expand_level(
-        &self,
-        dir: &[u8],
-        segments: &[&[u8]],
-        out: &mut Vec<Vec<u8>>,
-    ) -> Result<(), ContextError> {
-        let Some((segment, rest)) = segments.split_first() else {
-            return Ok(());
-        };
-        let Some(children) = self.list_dir(dir, None)? else {
-            return Ok(());
-        };
-        for child in children {
-            // fsutil ignores filepath.Match's error: a malformed pattern just matches nothing.
-            if !glob::go_match(segment, &child.name).unwrap_or(false) {
-                continue;
-            }
-            if rest.is_empty() {
-                out.push(child.rel);
-            } else if child.meta.is_dir() {
-                // filepath.Walk does not descend through symlinks.
-                self.expand_level(&child.rel, rest, out)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// containerd's `RootPath`: resolves `path` (clean, relative) inside the root as if the root were
-    /// `/`, following every symlink on the way and the last one too when `follow_final`. `None` when it
-    /// does not exist in the dockerignore-filtered tree.
-    fn resolve(&self, path: &[u8], follow_final: bool) -> Result<Option<Resolved>, ContextError> {
-        let components = |p: &[u8]| -> Vec<Vec<u8>> {
-            p.split(|b| *b == b'/')
-                .filter(|c| !c.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect()
-        };
-        let mut todo: VecDeque<Vec<u8>> = components(path).into();
-        let mut done: Vec<u8> = Vec::new();
-        let mut found: Option<Resolved> = None;
-        let mut links = 0;
-        while let Some(component) = todo.pop_front() {
-            match component.as_slice() {
-                b"." => continue,
-                b".." => {
-                    done.truncate(done.iter().rposition(|b| *b == b'/').unwrap_or(0));
-                    found = None;
-                    continue;
-                }
-                _ => {}
-            }
-            let candidate = join(&done, &component);
-            let (meta, link) = match self.root.lstat(&candidate) {
-                Ok(stat) => stat,
-                Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
-                Err(e) => return self.vanished_or("stat", &candidate, e).map(|()| None),
-            };
-            let ignored_dir = match visibility(&self.matcher, &candidate, meta.is_dir()) {
-                Visibility::Hidden => return Ok(None),
-                Visibility::Tentative => true,
-                Visibility::Visible => false,
-            };
-            let last = todo.is_empty();
-            if let Some(target) = link.as_ref().filter(|_| !last || follow_final) {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(ContextError::SymlinkLoop { path: self.abs(path) });
-                }
-                // An absolute target restarts from the context root, never from the host's.
-                if target.starts_with(b"/") {
-                    done.clear();
-                }
-                for c in components(target).into_iter().rev() {
-                    todo.push_front(c);
-                }
-                found = None;
-                continue;
-            }
-            if !last && !meta.is_dir() {
-                return Ok(None);
-            }
-            done = candidate;
-            found = Some(Resolved {
-                rel: done.clone(),
-                meta,
-                link,
-                ignored_dir,
-            });
-        }
-        match found {
-            Some(resolved) => Ok(Some(resolved)),
-            None => self.resolve_dir(done),
-        }
-    }
-
-    /// The directory `rel`, reached through `..` after resolution: known to be a directory, re-checked.
-    fn resolve_dir(&self, rel: Vec<u8>) -> Result<Option<Resolved>, ContextError> {
-        let (meta, link) = match self.root.lstat(&rel) {
-            Ok(stat) => stat,
-            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
-            Err(e) => return self.vanished_or("stat", &rel, e).map(|()| None),
-        };
-        let ignored_dir = match visibility(&self.matcher, &rel, meta.is_dir()) {
-            Visibility::Hidden => return Ok(None),
-            Visibility::Tentative => true,
-            Visibility::Visible => false,
-        };
-        Ok(Some(Resolved {
-            rel,
-            meta,
-            link,
-            ignored_dir,
-        }))
-    }
-
-    /// The node of a resolved path and everything below it; records complete walks for the index.
-    fn subtree(
-        &self,
-        r: &Resolved,
-        exclude: Option<&PatternMatcher>,
-    ) -> Result<Option<blake3::Hash>, ContextError> {
-        let sub = exclude.map(|_| Vec::new());
-        let hash = self.node(
-            &r.rel,
-            sub.as_deref(),
-            &r.meta,
-            r.link.as_deref(),
-            r.ignored_dir,
-            exclude,
-        )?;
-        if exclude.is_none() && r.meta.is_dir() {
-            self.session().walked.insert(r.rel.clone());
-        }
-        Ok(hash)
-    }
-
-    fn node(
-        &self,
-        rel: &[u8],
-        sub: Option<&[u8]>,
-        meta: &Meta,
-        link: Option<&[u8]>,
-        ignored_dir: bool,
-        exclude: Option<&PatternMatcher>,
-    ) -> Result<Option<blake3::Hash>, ContextError> {
-        match meta.kind() {
-            Kind::Dir => self.dir_node(rel, sub, meta, ignored_dir, exclude),
-            Kind::File => {
-                let content = self.file_content(rel, meta)?;
-                Ok(content.map(|(meta, content)| encode::leaf(&meta, b"", Some(&content))))
-            }
-            Kind::Symlink => Ok(Some(encode::leaf(meta, link.unwrap_or_default(), None))),
-            _ => Ok(Some(encode::leaf(meta, b"", None))),
-        }
-    }
-
-    fn dir_node(
-        &self,
-        rel: &[u8],
-        sub: Option<&[u8]>,
-        meta: &Meta,
-        ignored_dir: bool,
-        exclude: Option<&PatternMatcher>,
-    ) -> Result<Option<blake3::Hash>, ContextError> {
-        let Some(children) = self.list_dir(rel, exclude.zip(sub))? else {
-            return Ok(None);
-        };
-        let hashed: Vec<Option<(Vec<u8>, blake3::Hash)>> = children
-            .into_par_iter()
-            .map(|c| {
-                let hash = self.node(
-                    &c.rel,
-                    c.sub.as_deref(),
-                    &c.meta,
-                    c.link.as_deref(),
-                    c.ignored_dir,
-                    exclude,
-                )?;
-                Ok(hash.map(|hash| (c.name, hash)))
-            })
-            .collect::<Result<_, ContextError>>()?;
-        let entries: Vec<(Vec<u8>, blake3::Hash)> = hashed.into_iter().flatten().collect();
-        if ignored_dir && entries.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(encode::dir(meta, &entries)))
-    }
-
-    /// The visible entries of directory `rel`, sorted by name; `None` if it vanished. `exclude` carries
-    /// the `--exclude` matcher and `rel`'s path relative to the matched source.
-    fn list_dir(
-        &self,
-        rel: &[u8],
-        exclude: Option<(&PatternMatcher, &[u8])>,
-    ) -> Result<Option<Vec<Child>>, ContextError> {
-        let fd = match self.root.open(rel, OFlags::RDONLY | OFlags::DIRECTORY) {
-            Ok(fd) => fd,
-            Err(e) => return self.vanished_or("opening directory", rel, e).map(|()| None),
-        };
-        let mut dir = rustix::fs::Dir::new(fd).map_err(|e| self.io("reading directory", rel, e))?;
-        let mut children = Vec::new();
-        while let Some(entry) = dir.next() {
-            let entry = entry.map_err(|e| self.io("reading directory", rel, e))?;
-            let name = entry.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            let name = name.to_vec();
-            // d_type lets us drop excluded non-directories without a stat; it may be unknown.
-            let maybe_dir = matches!(entry.file_type(), FileType::Directory | FileType::Unknown);
-            let child_rel = join(rel, &name);
-            let ignored = visibility(&self.matcher, &child_rel, maybe_dir);
-            if ignored == Visibility::Hidden {
-                continue;
-            }
-            let sub = exclude.map(|(matcher, sub)| (matcher, join(sub, &name)));
-            let excluded = match &sub {
-                Some((matcher, sub)) => visibility(matcher, sub, maybe_dir),
-                None => Visibility::Visible,
-            };
-            if excluded == Visibility::Hidden {
-                continue;
-            }
-            let dir_fd = dir.fd().map_err(|e| self.io("reading directory", rel, e))?;
-            let meta = match fsops::stat_at(dir_fd, &name) {
-                Ok(meta) => meta,
-                Err(Errno::NOENT) => continue,
-                Err(e) => return Err(self.io("stat", &child_rel, e)),
-            };
-            // With the real type: only directories can be tentative.
-            if !meta.is_dir() && (ignored != Visibility::Visible || excluded != Visibility::Visible) {
-                continue;
-            }
-            let link = match meta.kind() {
-                Kind::Symlink => match fsops::readlink_at(dir_fd, &name) {
-                    Ok(target) => Some(target),
-                    Err(Errno::NOENT) => continue,
-                    Err(Errno::INVAL) => {
-                        return Err(ContextError::Changed {
-                            path: self.abs(&child_rel),
-                        });
-                    }
-                    Err(e) => return Err(self.io("reading symlink", &child_rel, e)),
-                },
-                _ => None,
-            };
-            children.push(Child {
-                name,
-                rel: child_rel,
-                sub: sub.map(|(_, sub)| sub),
-                meta,
-                link,
-                ignored_dir: ignored == Visibility::Tentative,
-            });
-        }
-        children.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        Ok(Some(children))
     }
 
     /// A regular file's content hash, from the index when its stat is unchanged. Returns the stat the
@@ -685,12 +447,12 @@ impl ContextHasher {
             return Ok(Some((*meta, content)));
         }
         // O_NONBLOCK: if a fifo was swapped in since the stat, the open must not hang.
-        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
-        let fd = match self.root.open(rel, flags) {
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::NOFOLLOW;
+        let fd = match self.root.open(Path::new(OsStr::from_bytes(rel)), flags, 0) {
             Ok(fd) => fd,
             Err(e) => return self.vanished_or("opening", rel, e).map(|()| None),
         };
-        let before = fsops::stat_fd(fd.as_fd()).map_err(|e| self.io("stat", rel, e))?;
+        let before = stat_fd(fd.as_fd()).map_err(|e| self.io("stat", rel, e.into()))?;
         if before.kind() != Kind::File {
             return Err(ContextError::Changed { path: self.abs(rel) });
         }
@@ -700,7 +462,7 @@ impl ContextHasher {
             path: self.abs(rel),
             source,
         })?;
-        let after = fsops::stat_fd(file.as_fd()).map_err(|e| self.io("stat", rel, e))?;
+        let after = stat_fd(file.as_fd()).map_err(|e| self.io("stat", rel, e.into()))?;
         self.files_read.fetch_add(1, Ordering::Relaxed);
         self.bytes_read.fetch_add(read, Ordering::Relaxed);
         // Written to while we read: the hash stands for this build but is not worth remembering.
@@ -725,9 +487,54 @@ impl ContextHasher {
 
     fn remember(&self, rel: &[u8], key: StatKey, content: blake3::Hash) {
         if !key.is_racy(self.reference) {
-            self.session().fresh.insert(rel.to_vec(), Entry { key, content });
+            self.session()
+                .fresh
+                .insert(rel.to_vec(), IndexEntry { key, content });
         }
     }
+}
+
+/// The `(name, node)` pairs of the entries at `depth` starting at `at`, up to the first shallower entry;
+/// returns where that is. Entries are depth first, so a directory's descendants follow it.
+fn children(
+    entries: &[Entry],
+    contents: &[Option<(Meta, blake3::Hash)>],
+    mut at: usize,
+    depth: usize,
+) -> (Vec<(Vec<u8>, blake3::Hash)>, usize) {
+    let mut out = Vec::new();
+    while let Some(entry) = entries.get(at) {
+        let entry_depth = entry.depth();
+        if entry_depth < depth {
+            break;
+        }
+        let name = entry
+            .rel
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        match entry.meta.kind() {
+            Kind::Dir => {
+                let (below, next) = children(entries, contents, at + 1, depth + 1);
+                out.push((name, encode::dir(&entry.meta, &below)));
+                at = next;
+                continue;
+            }
+            Kind::File => {
+                // A file that vanished since it was listed is not there.
+                if let Some(Some((meta, content))) = contents.get(at) {
+                    out.push((name, encode::leaf(meta, b"", Some(content))));
+                }
+            }
+            Kind::Symlink => out.push((
+                name,
+                encode::leaf(&entry.meta, entry.link.as_deref().unwrap_or_default(), None),
+            )),
+            _ => out.push((name, encode::leaf(&entry.meta, b"", None))),
+        }
+        at += 1;
+    }
+    (out, at)
 }
 
 /// True if one of `rel`'s ancestors (the root included) was walked completely.

@@ -13,20 +13,20 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use kiln_frontend::dockerignore::PatternMatcher;
+use kiln_fsutil::root::{Owner, Rel, Root, seconds, set_meta_at, shown};
+use kiln_fsutil::select::{Entry, Item, Selector};
+use kiln_fsutil::stat::{Kind, Meta as Stat};
 use kiln_llb::Copy;
 use rayon::prelude::*;
-use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Stat, Timestamps, Uid, XattrFlags, statat};
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timestamps, Uid, XattrFlags, statat};
 use rustix::io::Errno;
 
 use super::archive;
-use super::glob::clean_rel;
 use super::mode::Chmod;
-use super::root::{Owner, Rel, Root, dir_names, seconds, set_meta_at, shown};
-use super::wildcard::{self, Sources};
 use super::{FileOpEnv, FileOpError, clamp_epoch, io_error, resolve_owner};
+use kiln_fsutil::glob::clean_rel;
 
 pub(super) fn copy(target: &Root, env: &FileOpEnv, c: &Copy) -> Result<(), FileOpError> {
     if c.src.is_empty() {
@@ -46,10 +46,6 @@ pub(super) fn copy(target: &Root, env: &FileOpEnv, c: &Copy) -> Result<(), FileO
         })?),
         None => None,
     };
-    let exclude = match c.exclude.is_empty() {
-        true => None,
-        false => Some(PatternMatcher::new(&c.exclude).map_err(FileOpError::InvalidPattern)?),
-    };
     let dest = Dest::new(&c.dest);
     if !c.create_dest_path {
         // BuildKit insists only that the destination's parent exists.
@@ -62,16 +58,29 @@ pub(super) fn copy(target: &Root, env: &FileOpEnv, c: &Copy) -> Result<(), FileO
         }
     }
 
+    // Every source is looked up before anything is written, so a missing one fails the step cleanly.
+    let selection = Selector::new(&source, ignore).select(&super::copy_spec(c))?;
+    let count: usize = selection.iter().map(|s| s.items.len()).sum();
+    if count > 1 && !dest.dir_syntax {
+        let rel = target
+            .resolve(&dest.path, true)
+            .map_err(io_error("stat", &c.dest))?;
+        let st = target.lstat(&rel).map_err(io_error("stat", &c.dest))?;
+        if !st.is_some_and(|st| st.is_dir()) {
+            return Err(FileOpError::DestNotDirectory {
+                dest: c.dest.clone(),
+                count,
+            });
+        }
+    }
+
     let mut copier = Copier {
         source: &source,
         target,
-        follow_symlinks: c.follow_symlinks,
         contents_only: c.dir_contents_only,
         auto_extract: c.auto_extract,
-        ignore,
         in_context: ignore.is_some(),
-        exclude: exclude.as_ref(),
-        include: None,
+        filtered: false,
         owner: resolve_owner(target, c.owner.as_ref())?,
         chmod: chmod.as_ref(),
         timestamp: c.timestamp.or(env.timestamp).map(clamp_epoch),
@@ -80,65 +89,11 @@ pub(super) fn copy(target: &Root, env: &FileOpEnv, c: &Copy) -> Result<(), FileO
         files: Vec::new(),
         hardlinks: Vec::new(),
         dirs: Vec::new(),
-        copied: 0,
     };
-
-    // Every source is looked up before anything is written, so a missing one fails the step cleanly.
-    let mut groups = Vec::new();
-    for raw in &c.src {
-        let (path, include) = match c.parents {
-            true => parents_split(raw)?,
-            false => (raw.clone(), None),
-        };
-        let found = match c.allow_wildcard {
-            true => wildcard::expand(&source, &path, c.follow_symlinks, ignore)?,
-            false => Sources::Literal(clean_rel(path.as_bytes())),
-        };
-        let items: Vec<Rel> = match found {
-            Sources::Literal(p) => vec![PathBuf::from(OsStr::from_bytes(&p))],
-            Sources::Matches(m) if m.is_empty() && !c.allow_empty_wildcard => {
-                let path = format!("/{}", String::from_utf8_lossy(&clean_rel(path.as_bytes())));
-                return Err(FileOpError::SourceNotFound {
-                    path,
-                    in_context: copier.in_context,
-                });
-            }
-            Sources::Matches(m) => m,
-        };
-        let located = items
-            .into_iter()
-            .map(|item| copier.locate(item))
-            .collect::<Result<Vec<_>, _>>()?;
-        groups.push((raw, include, located));
-    }
-    let count: usize = groups.iter().map(|(_, _, items)| items.len()).sum();
-    if count > 1 && !dest.dir_syntax {
-        let rel = target
-            .resolve(&dest.path, true)
-            .map_err(io_error("stat", &c.dest))?;
-        let st = target.lstat(&rel).map_err(io_error("stat", &c.dest))?;
-        if !st.is_some_and(|st| is_dir(&st)) {
-            return Err(FileOpError::DestNotDirectory {
-                dest: c.dest.clone(),
-                count,
-            });
-        }
-    }
-
-    for (raw, include, items) in &groups {
-        copier.include = include.as_ref();
-        copier.copied = 0;
-        for located in items {
-            copier.item(located, &dest)?;
-        }
-        // --parents filters what a source copies instead of naming it: a filter that lets nothing through is
-        // a missing source, as a wildcard with no match is.
-        if include.is_some() && copier.copied == 0 && !c.allow_empty_wildcard {
-            let path = format!("/{}", String::from_utf8_lossy(&clean_rel(raw.as_bytes())));
-            return Err(FileOpError::SourceNotFound {
-                path,
-                in_context: copier.in_context,
-            });
+    for source in &selection {
+        copier.filtered = source.filtered;
+        for item in &source.items {
+            copier.item(item, &dest)?;
         }
     }
     Ok(())
@@ -172,71 +127,6 @@ impl Dest {
     }
 }
 
-/// `COPY --parents a/./b/*.go`: the source becomes the pivot before `/./` (the root without one), and the
-/// rest a pattern selecting what to copy below it, so the matched paths keep their directories.
-fn parents_split(raw: &str) -> Result<(String, Option<Include>), FileOpError> {
-    let (pivot, pattern) = match raw.split_once("/./") {
-        Some((pivot, pattern)) => (pivot.to_string(), pattern),
-        None => ("/".to_string(), raw),
-    };
-    let pattern = String::from_utf8_lossy(&clean_rel(pattern.as_bytes())).into_owned();
-    Ok((pivot, Include::new(pattern)?))
-}
-
-/// The `--parents` filter: a path is copied when it or a parent matches the pattern (moby's patternmatcher,
-/// as BuildKit's include patterns).
-struct Include {
-    matcher: PatternMatcher,
-    /// Matchers of the pattern's first 1, 2, ... segments, when the pattern has a fixed depth: a directory
-    /// that no prefix matches cannot contain a match and is not walked.
-    prefixes: Option<Vec<PatternMatcher>>,
-}
-
-impl Include {
-    fn new(pattern: String) -> Result<Option<Include>, FileOpError> {
-        // Copying the pivot itself needs no filter (and moby's matcher drops an empty pattern).
-        if pattern.is_empty() {
-            return Ok(None);
-        }
-        let matcher =
-            PatternMatcher::new(std::slice::from_ref(&pattern)).map_err(FileOpError::InvalidPattern)?;
-        // `*` and `?` never match `/` in moby's rewrite; classes, escapes and `**` can, so those patterns are
-        // walked in full.
-        let fixed_depth = !pattern.contains("**") && !pattern.contains('[') && !pattern.contains('\\');
-        let prefixes = fixed_depth.then(|| {
-            let segments: Vec<&str> = pattern.split('/').collect();
-            (1..=segments.len())
-                .filter_map(|n| PatternMatcher::new(&[segments[..n].join("/")]).ok())
-                .collect::<Vec<_>>()
-        });
-        let prefixes = prefixes.filter(|p| p.len() == pattern.split('/').count());
-        Ok(Some(Include { matcher, prefixes }))
-    }
-
-    fn includes(&self, rel: &str) -> bool {
-        self.matcher.is_excluded(rel)
-    }
-
-    /// Whether something below the (not included) directory `rel` may be included.
-    fn may_include_below(&self, rel: &str) -> bool {
-        let Some(prefixes) = &self.prefixes else {
-            return true;
-        };
-        let depth = rel.split('/').count();
-        prefixes
-            .get(depth - 1)
-            .is_some_and(|m| depth < prefixes.len() && m.is_excluded(rel))
-    }
-}
-
-enum Verdict {
-    Copy,
-    /// A directory that is not copied itself, but may have something below it that is: it is created only
-    /// when that happens.
-    Traverse,
-    Skip,
-}
-
 /// Ownership, permission bits and (atime, mtime) of a copied entry.
 #[derive(Clone, Copy)]
 struct Meta {
@@ -267,15 +157,6 @@ struct DirJob {
     meta: Meta,
 }
 
-/// A source found in its input: the path it was named or matched by, where that led, and what is there.
-struct Located {
-    item: Rel,
-    src: Rel,
-    st: Stat,
-    /// A directory `.dockerignore` excludes, present only for the exceptions below it.
-    hidden_dir: bool,
-}
-
 /// A directory being walked, and whether it is in the target yet (deferred ones are not, until needed).
 struct Ancestor {
     src: Rel,
@@ -287,13 +168,11 @@ struct Ancestor {
 struct Copier<'a> {
     source: &'a Root,
     target: &'a Root,
-    follow_symlinks: bool,
     contents_only: bool,
     auto_extract: bool,
-    ignore: Option<&'a PatternMatcher>,
     in_context: bool,
-    exclude: Option<&'a PatternMatcher>,
-    include: Option<&'a Include>,
+    /// `--parents`: a filter selects the entries, so only directories the copy creates get metadata.
+    filtered: bool,
     owner: Option<Owner>,
     chmod: Option<&'a Chmod>,
     timestamp: Option<i64>,
@@ -303,63 +182,18 @@ struct Copier<'a> {
     files: Vec<FileJob>,
     hardlinks: Vec<(Rel, Rel)>,
     dirs: Vec<DirJob>,
-    /// Entries copied for the current source, to tell whether a `--parents` filter selected anything.
-    copied: usize,
 }
 
 impl Copier<'_> {
-    /// Finds one source (a path relative to the input root, as given or as a wildcard matched it).
-    fn locate(&self, item: Rel) -> Result<Located, FileOpError> {
-        let shown_src = shown(&item);
-        let not_found = || FileOpError::SourceNotFound {
-            path: shown_src.clone(),
-            in_context: self.in_context,
-        };
-        let src = self
-            .source
-            .resolve(item.as_os_str().as_bytes(), self.follow_symlinks)
-            .map_err(io_error("resolve", &shown_src))?;
-        let Some(st) = self.source.lstat(&src).map_err(io_error("stat", &shown_src))? else {
-            return Err(not_found());
-        };
-        // A source hidden by .dockerignore is not in the context at all, neither under its own name nor under
-        // the name a symlink led to; a directory with exceptions below it is there only as their parent.
-        let mut hidden_dir = false;
-        if let Some(ignore) = self.ignore {
-            for key in [item.as_path(), src.as_path()] {
-                let key = key.to_string_lossy();
-                if ignore.is_excluded(&key) {
-                    if !is_dir(&st) || ignore.can_skip_dir(&key) {
-                        return Err(not_found());
-                    }
-                    hidden_dir = true;
-                }
-            }
-        }
-        Ok(Located {
-            item,
-            src,
-            st,
-            hidden_dir,
-        })
-    }
-
-    /// Copies one located source.
-    fn item(&mut self, located: &Located, dest: &Dest) -> Result<(), FileOpError> {
-        let Located {
-            item,
-            src,
-            st,
-            hidden_dir,
-        } = located;
-        let (st, hidden_dir) = (*st, *hidden_dir);
-        let src_is_dir = is_dir(&st);
-        let shown_src = shown(item);
+    /// Copies one selected source item.
+    fn item(&mut self, item: &Item, dest: &Dest) -> Result<(), FileOpError> {
+        let src_is_dir = item.meta.is_dir();
+        let shown_src = shown(&item.name);
         if self.auto_extract
-            && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && item.meta.kind() == Kind::File
             && archive::extract_if_archive(
                 self.source,
-                src,
+                &item.src,
                 self.target,
                 &dest.path,
                 self.owner,
@@ -382,9 +216,9 @@ impl Copier<'_> {
             .map_err(fail("mkdir"))?;
         let mut dst = self.target.resolve(&dest.path, true).map_err(fail("resolve"))?;
         let dst_st = self.target.lstat(&dst).map_err(fail("stat"))?;
-        let dst_is_dir = dst_st.as_ref().is_some_and(is_dir);
+        let dst_is_dir = dst_st.as_ref().is_some_and(Stat::is_dir);
         let into = (!self.contents_only && src_is_dir && dst_st.is_some()) || (!src_is_dir && dst_is_dir);
-        if into && let Some(name) = item.file_name() {
+        if into && let Some(name) = item.name.file_name() {
             dst.push(name);
         }
         let parent = match self.contents_only && src_is_dir && dst_st.is_none() {
@@ -397,53 +231,38 @@ impl Copier<'_> {
 
         self.ancestors.clear();
         match src_is_dir {
-            true => self.dir(src, &st, Path::new(""), &dst, true, hidden_dir)?,
-            false => self.leaf(src, &st, &dst)?,
+            true => self.tree(item, &dst)?,
+            false => self.leaf(&item.src, &item.meta, item.link.as_deref(), &dst)?,
         }
         self.flush()
     }
 
-    fn verdict(&self, in_root: &Path, rel: &Path, is_dir: bool) -> Verdict {
-        let mut traverse = false;
-        if let Some(ignore) = self.ignore {
-            let key = in_root.to_string_lossy();
-            if ignore.is_excluded(&key) {
-                if !is_dir || ignore.can_skip_dir(&key) {
-                    return Verdict::Skip;
-                }
-                traverse = true;
-            }
+    /// Copies a directory item and the entries the selection lists below it.
+    fn tree(&mut self, item: &Item, dst: &Path) -> Result<(), FileOpError> {
+        self.enter(&item.src, &item.meta, dst, true, item.hidden_dir)?;
+        for entry in &item.entries {
+            // The entry's parent is the ancestor at its depth - 1 (the item is at 0).
+            self.ancestors.truncate(entry.depth());
+            let src = item.src.join(&entry.rel);
+            let dst = dst.join(&entry.rel);
+            self.entry(entry, &src, &dst)?;
         }
-        let key = rel.to_string_lossy();
-        if let Some(exclude) = self.exclude
-            && exclude.is_excluded(&key)
-        {
-            if !is_dir || exclude.can_skip_dir(&key) {
-                return Verdict::Skip;
-            }
-            traverse = true;
-        }
-        if let Some(include) = self.include
-            && !include.includes(&key)
-        {
-            if !is_dir || !include.may_include_below(&key) {
-                return Verdict::Skip;
-            }
-            traverse = true;
-        }
-        match traverse {
-            true => Verdict::Traverse,
-            false => Verdict::Copy,
-        }
+        Ok(())
     }
 
-    /// Walks the directory `src` into `dst`. `rel` is the path below the copied source (what exclude and
-    /// include patterns see); `deferred` directories are created only once something below them is copied.
-    fn dir(
+    fn entry(&mut self, entry: &Entry, src: &Path, dst: &Path) -> Result<(), FileOpError> {
+        if entry.meta.is_dir() {
+            return self.enter(src, &entry.meta, dst, false, entry.deferred);
+        }
+        self.create_ancestors()?;
+        self.leaf(src, &entry.meta, entry.link.as_deref(), dst)
+    }
+
+    /// A directory on the way down: created now, or (`deferred`) once something below it is copied.
+    fn enter(
         &mut self,
         src: &Path,
         st: &Stat,
-        rel: &Path,
         dst: &Path,
         top: bool,
         deferred: bool,
@@ -453,15 +272,12 @@ impl Copier<'_> {
             let made = make_dir(self.target, dst)?;
             // fsutil: the source's metadata goes onto a directory it created, and onto existing ones below the
             // top — except under include patterns, where only created directories get it.
-            if made || (!top && self.include.is_none()) {
+            if made || (!top && !self.filtered) {
                 self.dirs.push(DirJob {
                     src: src.to_path_buf(),
                     dst: dst.to_path_buf(),
                     meta: self.meta(st, true),
                 });
-            }
-            if !top {
-                self.copied += 1;
             }
         }
         self.ancestors.push(Ancestor {
@@ -470,28 +286,6 @@ impl Copier<'_> {
             st: *st,
             in_target: !deferred,
         });
-
-        let walk_err = io_error("read", shown(src));
-        let fd = self.source.open_dir(src).map_err(walk_err)?;
-        for name in dir_names(fd.as_fd()).map_err(io_error("read", shown(src)))? {
-            let child_src = src.join(&name);
-            let child_st = statat(&fd, &name, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| io_error("stat", shown(&child_src))(e.into()))?;
-            let (child_rel, child_dst) = (rel.join(&name), dst.join(&name));
-            let child_is_dir = is_dir(&child_st);
-            match self.verdict(&child_src, &child_rel, child_is_dir) {
-                Verdict::Skip => {}
-                Verdict::Traverse => self.dir(&child_src, &child_st, &child_rel, &child_dst, false, true)?,
-                Verdict::Copy if child_is_dir => {
-                    self.dir(&child_src, &child_st, &child_rel, &child_dst, false, false)?
-                }
-                Verdict::Copy => {
-                    self.create_ancestors()?;
-                    self.leaf(&child_src, &child_st, &child_dst)?;
-                }
-            }
-        }
-        self.ancestors.pop();
         Ok(())
     }
 
@@ -518,14 +312,13 @@ impl Copier<'_> {
         Ok(())
     }
 
-    /// Anything but a directory.
-    fn leaf(&mut self, src: &Path, st: &Stat, dst: &Path) -> Result<(), FileOpError> {
-        self.copied += 1;
+    /// Anything but a directory. `link` is a symlink's target, as the selection read it.
+    fn leaf(&mut self, src: &Path, st: &Stat, link: Option<&[u8]>, dst: &Path) -> Result<(), FileOpError> {
         let meta = self.meta(st, false);
-        let file_type = FileType::from_raw_mode(st.st_mode);
-        if file_type == FileType::RegularFile {
-            if st.st_nlink > 1 {
-                let key = (to_u64(st.st_dev), to_u64(st.st_ino));
+        let kind = st.kind();
+        if kind == Kind::File {
+            if st.nlink > 1 {
+                let key = (st.dev, st.ino);
                 if let Some(first) = self.inodes.get(&key) {
                     self.hardlinks.push((first.clone(), dst.to_path_buf()));
                     return Ok(());
@@ -541,15 +334,17 @@ impl Copier<'_> {
         }
         let fail = io_error("copy", shown(dst));
         let (parent, name) = self.target.parent(dst).map_err(io_error("copy", shown(dst)))?;
-        match file_type {
-            FileType::Symlink => {
-                let link = self
-                    .source
-                    .open(src, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, 0)
-                    .and_then(|fd| Ok(rustix::fs::readlinkat(&fd, c"", Vec::new())?))
-                    .map_err(io_error("readlink", shown(src)))?;
+        match kind {
+            Kind::Symlink => {
+                let link = match link {
+                    Some(link) => link.to_vec(),
+                    None => self
+                        .source
+                        .readlink(src)
+                        .map_err(io_error("readlink", shown(src)))?,
+                };
                 replace(self.target, dst, || {
-                    Ok(rustix::fs::symlinkat(link.as_c_str(), &parent, &name)?)
+                    Ok(rustix::fs::symlinkat(OsStr::from_bytes(&link), &parent, &name)?)
                 })?;
                 set_meta_at(
                     parent.as_fd(),
@@ -560,8 +355,9 @@ impl Copier<'_> {
                 )
                 .map_err(fail)?;
             }
-            FileType::CharacterDevice | FileType::BlockDevice | FileType::Fifo | FileType::Socket => {
-                let rdev = to_u64(st.st_rdev);
+            Kind::CharDevice | Kind::BlockDevice | Kind::Fifo | Kind::Socket => {
+                let file_type = FileType::from_raw_mode(st.mode);
+                let rdev = st.rdev;
                 let mknod = || {
                     Ok(rustix::fs::mknodat(
                         &parent,
@@ -575,13 +371,7 @@ impl Copier<'_> {
                 let times = Some((meta.atime.0, meta.mtime.0));
                 set_meta_at(parent.as_fd(), &name, Some(meta.owner), Some(meta.mode), times).map_err(fail)?;
             }
-            other => {
-                let unsupported = io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("unsupported file type {other:?}"),
-                );
-                return Err(io_error("copy", shown(src))(unsupported));
-            }
+            Kind::File | Kind::Dir => unreachable_kind(src)?,
         }
         Ok(())
     }
@@ -591,19 +381,19 @@ impl Copier<'_> {
         // keep their owners. --chown beats both.
         let owner = self.owner.unwrap_or(match self.in_context {
             true => (0, 0),
-            false => (st.st_uid, st.st_gid),
+            false => (st.uid, st.gid),
         });
-        let perm = st.st_mode & 0o7777;
+        let perm = st.permissions();
         let mode = self.chmod.map_or(perm, |c| c.apply(perm, is_dir));
-        let clamp = |sec: i64, nsec: i64| match self.timestamp {
-            Some(t) if sec > t => (t, 0),
-            _ => (sec, nsec),
+        let clamp = |t: kiln_fsutil::Ts| match self.timestamp {
+            Some(limit) if t.sec > limit => (limit, 0),
+            _ => (t.sec, i64::from(t.nsec)),
         };
         Meta {
             owner,
             mode,
-            atime: clamp(to_i64(st.st_atime), to_i64(st.st_atime_nsec)),
-            mtime: clamp(to_i64(st.st_mtime), to_i64(st.st_mtime_nsec)),
+            atime: clamp(st.atime),
+            mtime: clamp(st.mtime),
         }
     }
 
@@ -711,7 +501,7 @@ fn make_dir(target: &Root, dst: &Path) -> Result<bool, FileOpError> {
     match rustix::fs::mkdirat(&parent, &name, Mode::from_raw_mode(0o700)) {
         Ok(()) => Ok(true),
         Err(Errno::EXIST) => match statat(&parent, &name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if is_dir(&st) => Ok(false),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => Ok(false),
             Ok(_) => Err(FileOpError::NotADirectory { path: shown(dst) }),
             Err(e) => Err(fail(e.into())),
         },
@@ -733,22 +523,16 @@ fn replace<T>(
         Err(e) => return Err(fail(e)),
     }
     match target.lstat(dst).map_err(fail)? {
-        Some(st) if is_dir(&st) => return Err(FileOpError::ReplaceDirectory { path: shown(dst) }),
+        Some(st) if st.is_dir() => return Err(FileOpError::ReplaceDirectory { path: shown(dst) }),
         Some(_) => target.remove_all(dst).map_err(fail)?,
         None => {}
     }
     create().map_err(fail)
 }
 
-fn is_dir(st: &Stat) -> bool {
-    FileType::from_raw_mode(st.st_mode) == FileType::Directory
-}
-
-/// `Stat` field types differ between architectures; these widen whatever they are.
-fn to_i64<T: TryInto<i64>>(v: T) -> i64 {
-    v.try_into().unwrap_or(i64::MAX)
-}
-
-fn to_u64<T: TryInto<u64>>(v: T) -> u64 {
-    v.try_into().unwrap_or(u64::MAX)
+/// Directories and regular files never reach the special-file path; if one does, the tree changed kind
+/// under the copy.
+fn unreachable_kind(src: &Path) -> Result<(), FileOpError> {
+    let changed = io::Error::other("the entry changed its type while it was copied");
+    Err(io_error("copy", shown(src))(changed))
 }

@@ -12,8 +12,6 @@ mod archive;
 mod copy;
 mod mode;
 mod owner;
-mod root;
-mod wildcard;
 
 use std::ffi::OsStr;
 use std::io;
@@ -21,16 +19,13 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use kiln_frontend::dockerignore::{IgnoreError, PatternMatcher};
+use kiln_fsutil::glob;
+use kiln_fsutil::ignore::{IgnoreError, PatternMatcher};
+use kiln_fsutil::root::{Root, seconds, set_meta_at};
+use kiln_fsutil::select::{CopySpec, Expanded, SelectError, Selector};
 use kiln_llb::{FileAction, Owner};
 use rustix::fs::{AtFlags, Mode, OFlags, Timestamps, renameat, symlinkat, utimensat};
 use rustix::io::Errno;
-
-// Go's `filepath.Match` and fsutil's wildcard splitting, shared with the context hasher so that a wildcard
-// source selects the same files for the cache key as for the copy.
-use crate::context::glob;
-pub(crate) use root::resolve_in_root;
-use root::{Root, seconds, set_meta_at};
 
 /// Where a file op reads and writes.
 pub struct FileOpEnv<'a> {
@@ -89,6 +84,30 @@ pub enum FileOpError {
         #[source]
         source: io::Error,
     },
+}
+
+impl From<SelectError> for FileOpError {
+    fn from(e: SelectError) -> FileOpError {
+        match e {
+            SelectError::SourceNotFound { path, in_context } => {
+                FileOpError::SourceNotFound { path, in_context }
+            }
+            SelectError::InvalidPattern(e) => FileOpError::InvalidPattern(e),
+            SelectError::Io { op, path, source } => FileOpError::Io { op, path, source },
+        }
+    }
+}
+
+/// What a COPY selects from its source, for the copy and for its cache key alike.
+pub fn copy_spec(copy: &kiln_llb::Copy) -> CopySpec<'_> {
+    CopySpec {
+        sources: &copy.src,
+        follow_symlinks: copy.follow_symlinks,
+        allow_wildcard: copy.allow_wildcard,
+        allow_empty_wildcard: copy.allow_empty_wildcard,
+        parents: copy.parents,
+        exclude: &copy.exclude,
+    }
 }
 
 /// Applies `actions` in order to `env.target`.
@@ -214,11 +233,9 @@ fn mkfile(
 
 fn rm(target: &Root, path: &str, allow_not_found: bool, allow_wildcard: bool) -> Result<(), FileOpError> {
     let paths = match allow_wildcard {
-        true => match wildcard::expand(target, path, false, None)? {
-            wildcard::Sources::Literal(cleaned) => vec![cleaned],
-            wildcard::Sources::Matches(found) => {
-                found.into_iter().map(|p| p.into_os_string().into_vec()).collect()
-            }
+        true => match Selector::new(target, None).expand(path, false)? {
+            Expanded::Literal(cleaned) => vec![cleaned],
+            Expanded::Matches(found) => found.into_iter().map(|p| p.into_os_string().into_vec()).collect(),
         },
         false => vec![glob::clean_rel(path.as_bytes())],
     };

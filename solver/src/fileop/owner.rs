@@ -5,14 +5,12 @@
 //! One deliberate difference: BuildKit silently uses 0 for a name it cannot find, which turns a typo into
 //! root-owned files; here that is an error (except for `root`, which a tree without /etc/passwd still means).
 
-use std::io::Read;
-
 use kiln_llb::Owner;
-use rustix::fs::{FileType, OFlags};
+
+use kiln_fsutil::passwd::{Groups, Passwd};
+use kiln_fsutil::root::Root;
 
 use super::FileOpError;
-use super::root::{Root, is_not_found};
-use crate::passwd::{Groups, Passwd};
 
 const PASSWD: &str = "/etc/passwd";
 const GROUP: &str = "/etc/group";
@@ -42,22 +40,12 @@ pub(super) fn resolve(target: &Root, owner: &Owner) -> Result<(u32, u32), FileOp
 
 /// Reads a file of the target, resolved inside it; `None` when it does not exist or is not a regular file.
 fn read_small_file(target: &Root, path: &str) -> Result<Option<String>, FileOpError> {
-    let fail = |source| FileOpError::Io {
-        op: "read",
-        path: path.to_string(),
-        source,
-    };
-    let rel = target.resolve(path.as_bytes(), true).map_err(fail)?;
-    let fd = match target.open(&rel, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, 0) {
-        Ok(fd) => fd,
-        Err(e) if is_not_found(&e) => return Ok(None),
-        Err(e) => return Err(fail(e)),
-    };
-    let st = rustix::fs::fstat(&fd).map_err(|e| fail(e.into()))?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Ok(None);
-    }
-    let mut bytes = Vec::new();
-    std::fs::File::from(fd).read_to_end(&mut bytes).map_err(fail)?;
-    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+    let bytes = target
+        .read_file(path.as_bytes())
+        .map_err(|source| FileOpError::Io {
+            op: "read",
+            path: path.to_string(),
+            source,
+        })?;
+    Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
 }

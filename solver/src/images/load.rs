@@ -74,7 +74,7 @@ fn ingest_tar(store: &Store, reader: impl Read + Send, what: &str) -> Result<Ing
     if head.is_empty() {
         return Err(Error::invalid(what, "the archive is empty"));
     }
-    let decompressed = Compression::detect(head).decoder(raw).map_err(Error::io(what))?;
+    let (_, decompressed) = kiln_fsutil::compress::decompress(raw).map_err(Error::io(what))?;
     let mut archive = tar::Archive::new(decompressed);
     let mut out = Ingested {
         metadata: BTreeMap::new(),
@@ -414,7 +414,7 @@ fn verify_layers(store: &Store, layers: &[BlobRef], diff_ids: &[Digest], what: &
 }
 
 fn detect(store: &Store, blob: &Digest, what: &str) -> Result<Compression> {
-    let mut head = [0u8; 4];
+    let mut head = [0u8; 6];
     let mut file = store.open_blob(blob).map_err(Error::store(what))?;
     let mut n = 0;
     while n < head.len() {
@@ -426,7 +426,13 @@ fn detect(store: &Store, blob: &Digest, what: &str) -> Result<Compression> {
             k => n += k,
         }
     }
-    Ok(Compression::detect(&head[..n]))
+    let format = kiln_fsutil::compress::Format::detect(&head[..n]);
+    Compression::of_format(format).ok_or_else(|| {
+        Error::invalid(
+            what,
+            format!("layer {blob} is {format:?}-compressed, which no image layer media type names"),
+        )
+    })
 }
 
 fn layer_media_type(compression: Compression) -> &'static str {

@@ -6,9 +6,10 @@ use std::os::fd::BorrowedFd;
 use rustix::io::Errno;
 use rustix::thread::{CapabilitySet, CapabilitySets};
 
-use super::protocol::{self, ChildError, Report, describe_errno};
+use super::protocol::{self, ChildError, Report};
 use super::sys;
 use super::user::ExecUser;
+use kiln_fsutil::mount::describe_errno;
 
 /// The search path when the environment has no PATH (what docker uses for lookups).
 pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -13,12 +13,13 @@ use rustix::mount::{MountAttrFlags, UnmountFlags};
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 
 use super::exec::{self, Prepared};
-use super::mounts::{self, FsContext};
-use super::protocol::{self, ChildError, HelperRequest, Report, describe_errno};
+use super::protocol::{self, ChildError, HelperRequest, Report};
 use super::rootpath::{self, Create, Kind, StubRecorder};
 use super::sys::{self, Forked, SignalSet};
 use super::user::{self, ExecUser};
 use super::{SandboxMount, SandboxSpec};
+use kiln_fsutil::mount::describe_errno;
+use kiln_fsutil::mount::{self as mounts, FsContext};
 
 /// Runs as PID 1; never returns. With `init`, it reports the command's exit itself (the helper only sees its
 /// own exit code, which cannot tell a signal from `exit 137`).
@@ -304,14 +305,14 @@ fn mount_extra(
             let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
             let target = mount_point(root, dest, kind, stubs)?;
             let tree = mounts::bind(source, true, *readonly, &what)?;
-            mounts::attach(&tree, target.as_fd(), &what)
+            Ok(mounts::attach(&tree, target.as_fd(), &what)?)
         }
         SandboxMount::Tmpfs { dest, size } => {
             let what = format!("mounting a tmpfs at {dest}");
             let target = mount_point(root, dest, Kind::Dir, stubs)?;
             let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
             let tmpfs = mounts::tmpfs("1777", *size, attrs, &what)?;
-            mounts::attach(&tmpfs, target.as_fd(), &what)
+            Ok(mounts::attach(&tmpfs, target.as_fd(), &what)?)
         }
         SandboxMount::Overlay {
             lower_dirs,
@@ -322,7 +323,7 @@ fn mount_extra(
             let what = format!("mounting an overlay at {dest}");
             let target = mount_point(root, dest, Kind::Dir, stubs)?;
             let overlay = mounts::overlay(lower_dirs, upper_dir, work_dir, &req.empty_dir, &what)?;
-            mounts::attach(&overlay, target.as_fd(), &what)
+            Ok(mounts::attach(&overlay, target.as_fd(), &what)?)
         }
     }
 }

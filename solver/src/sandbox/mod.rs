@@ -26,7 +26,6 @@ mod emulation;
 mod exec;
 mod helper;
 mod init;
-pub(crate) mod mounts;
 mod parent;
 pub(crate) mod protocol;
 mod rootpath;

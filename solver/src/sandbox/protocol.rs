@@ -50,11 +50,20 @@ pub(crate) enum ChildError {
     Exec { path: String, message: String },
 }
 
+impl From<kiln_fsutil::mount::MountError> for ChildError {
+    fn from(e: kiln_fsutil::mount::MountError) -> Self {
+        ChildError::Setup {
+            step: e.step,
+            message: e.message,
+        }
+    }
+}
+
 impl ChildError {
     pub fn errno(step: impl Into<String>, errno: Errno) -> Self {
         Self::Setup {
             step: step.into(),
-            message: describe_errno(errno),
+            message: kiln_fsutil::mount::describe_errno(errno),
         }
     }
 
@@ -116,48 +125,4 @@ pub(crate) fn send(status: BorrowedFd<'_>, report: &Report) {
             Err(_) => return,
         }
     }
-}
-
-/// "EINVAL: Invalid argument" — the symbolic name is what people search for, the text is what they read.
-pub(crate) fn describe_errno(errno: Errno) -> String {
-    let text = std::io::Error::from_raw_os_error(errno.raw_os_error()).to_string();
-    // std appends " (os error N)", which adds nothing next to the name.
-    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
-    match errno_name(errno) {
-        Some(name) => format!("{name}: {text}"),
-        None => text,
-    }
-}
-
-fn errno_name(errno: Errno) -> Option<&'static str> {
-    Some(match errno {
-        Errno::PERM => "EPERM",
-        Errno::NOENT => "ENOENT",
-        Errno::INTR => "EINTR",
-        Errno::IO => "EIO",
-        Errno::TOOBIG => "E2BIG",
-        Errno::NOEXEC => "ENOEXEC",
-        Errno::BADF => "EBADF",
-        Errno::NOMEM => "ENOMEM",
-        Errno::ACCESS => "EACCES",
-        Errno::FAULT => "EFAULT",
-        Errno::BUSY => "EBUSY",
-        Errno::EXIST => "EEXIST",
-        Errno::XDEV => "EXDEV",
-        Errno::NODEV => "ENODEV",
-        Errno::NOTDIR => "ENOTDIR",
-        Errno::ISDIR => "EISDIR",
-        Errno::INVAL => "EINVAL",
-        Errno::MFILE => "EMFILE",
-        Errno::TXTBSY => "ETXTBSY",
-        Errno::NOSPC => "ENOSPC",
-        Errno::ROFS => "EROFS",
-        Errno::NAMETOOLONG => "ENAMETOOLONG",
-        Errno::NOSYS => "ENOSYS",
-        Errno::NOTEMPTY => "ENOTEMPTY",
-        Errno::LOOP => "ELOOP",
-        Errno::OPNOTSUPP => "EOPNOTSUPP",
-        Errno::STALE => "ESTALE",
-        _ => return None,
-    })
 }

@@ -2,16 +2,17 @@
 //! symlink must not lead to the host), and created when missing — mount points and the working directory —
 //! with every mount-point stub recorded so kiln can take it out of the layer afterwards.
 
-use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Statx, StatxFlags};
 use rustix::io::Errno;
 
-use super::protocol::{ChildError, Stub, StubKind, describe_errno};
+use std::os::unix::ffi::OsStrExt;
 
-/// Symlinks followed while resolving one path, as the kernel's limit.
-const MAX_SYMLINKS: usize = 40;
+use kiln_fsutil::Root;
+use kiln_fsutil::mount::describe_errno;
+
+use super::protocol::{ChildError, Stub, StubKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -31,54 +32,18 @@ fn file_type(st: &Statx) -> FileType {
     FileType::from_raw_mode(st.stx_mode.into())
 }
 
-fn split(path: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
-    path.split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .map(<[u8]>::to_vec)
-}
-
 fn join(components: &[Vec<u8>]) -> Vec<u8> {
     components.join(&b'/')
 }
 
-/// Lexically resolves `path` inside `root`, following symlinks (absolute ones restart at `root`, `..` stops
-/// at `root`). Components that do not exist are kept as they are, so the result is where the path *would* be.
-/// Race-free enough: nothing runs in the rootfs while the sandbox sets it up.
-pub(crate) fn resolve(root: BorrowedFd<'_>, path: &[u8]) -> Result<Vec<Vec<u8>>, Errno> {
-    let mut pending: VecDeque<Vec<u8>> = split(path).collect();
-    let mut resolved: Vec<Vec<u8>> = Vec::new();
-    let mut links = 0;
-    while let Some(component) = pending.pop_front() {
-        match component.as_slice() {
-            b"." => continue,
-            b".." => {
-                resolved.pop();
-                continue;
-            }
-            _ => {}
-        }
-        resolved.push(component);
-        let candidate = join(&resolved);
-        match stat(root, &candidate) {
-            Ok(st) if file_type(&st) == FileType::Symlink => {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(Errno::LOOP);
-                }
-                let target = rustix::fs::readlinkat(root, candidate.as_slice(), Vec::new())?.into_bytes();
-                resolved.pop();
-                if target.starts_with(b"/") {
-                    resolved.clear();
-                }
-                for c in split(&target).collect::<Vec<_>>().into_iter().rev() {
-                    pending.push_front(c);
-                }
-            }
-            Ok(_) | Err(Errno::NOENT) | Err(Errno::NOTDIR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(resolved)
+/// Resolves `path` inside `root` as if it were `/` (`kiln_fsutil::Root::resolve`), as components; what does
+/// not exist yet is kept as it is, so the result is where the path *would* be. Nothing runs in the rootfs
+/// while the sandbox sets it up, so the answer stays true until the mount.
+fn resolve(root: BorrowedFd<'_>, path: &[u8]) -> Result<Vec<Vec<u8>>, Errno> {
+    let as_errno = |e: std::io::Error| Errno::from_io_error(&e).unwrap_or(Errno::IO);
+    let root = Root::from_fd(root.try_clone_to_owned().map_err(as_errno)?);
+    let rel = root.resolve(path, true).map_err(as_errno)?;
+    Ok(rel.iter().map(|c| c.as_bytes().to_vec()).collect())
 }
 
 /// Collects the mount-point stubs created in the rootfs overlay, and reports them as they are in the upper
@@ -230,21 +195,8 @@ pub(crate) fn ensure(
 /// Reads a small file of the rootfs (/etc/passwd, /etc/group), resolved inside it; `None` if it does not
 /// exist.
 pub(crate) fn read_file(root: BorrowedFd<'_>, path: &str) -> Result<Option<String>, ChildError> {
-    use rustix::fs::ResolveFlags;
-    let fail = |e: Errno| ChildError::setup(format!("reading {path} of the image"), describe_errno(e));
-    let fd = match rustix::fs::openat2(
-        root,
-        path.trim_start_matches('/'),
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT) => return Ok(None),
-        Err(e) => return Err(fail(e)),
-    };
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut bytes)
-        .map_err(|e| ChildError::setup(format!("reading {path} of the image"), e.to_string()))?;
-    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+    let fail = |e: std::io::Error| ChildError::setup(format!("reading {path} of the image"), e.to_string());
+    let root = Root::from_fd(root.try_clone_to_owned().map_err(fail)?);
+    let bytes = root.read_file(path.as_bytes()).map_err(fail)?;
+    Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
 }

@@ -3,7 +3,7 @@
 //! the sandbox lives here.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use rustix::io::Errno;
 use rustix::process::Pid;
@@ -51,32 +51,6 @@ pub(crate) fn close_range(first: u32, last: u32, cloexec: bool) -> Result<(), Er
     // SAFETY: plain system call on integers. Closing descriptors that Rust objects own would be a bug of the
     // caller; the sandbox calls this only at points where it owns no descriptors in the range.
     let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
-    if r == -1 { Err(last_errno()) } else { Ok(()) }
-}
-
-/// Makes a (possibly detached) mount read-only with `mount_setattr`, recursively if asked.
-pub(crate) fn mount_set_readonly(mount: BorrowedFd<'_>, recursive: bool) -> Result<(), Errno> {
-    let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    let mut flags = libc::AT_EMPTY_PATH;
-    if recursive {
-        flags |= libc::AT_RECURSIVE;
-    }
-    // SAFETY: `attr` lives across the call and its size is passed along; the path is an empty C string.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            mount.as_raw_fd(),
-            c"".as_ptr(),
-            flags,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
     if r == -1 { Err(last_errno()) } else { Ok(()) }
 }
 

@@ -2,7 +2,7 @@
 //! takes `""` and numeric `uid:gid` as they are, and hands everything else to runc's `GetExecUser`.
 
 use super::protocol::ChildError;
-use crate::passwd::{Groups, Passwd};
+use kiln_fsutil::passwd::{Groups, Passwd};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ExecUser {

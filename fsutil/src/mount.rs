@@ -11,24 +11,48 @@ use rustix::mount::{
     fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount, open_tree,
 };
 
-use super::protocol::{ChildError, describe_errno};
-use super::sys;
+use std::os::fd::AsRawFd;
+
+/// A mount that could not be made: `step` names it ("mounting overlay"), `message` says why, with what the
+/// kernel logged on the filesystem context.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{step}: {message}")]
+pub struct MountError {
+    pub step: String,
+    pub message: String,
+}
+
+impl MountError {
+    pub fn errno(step: impl Into<String>, errno: Errno) -> Self {
+        MountError {
+            step: step.into(),
+            message: describe_errno(errno),
+        }
+    }
+
+    fn new(step: impl Into<String>, message: impl Into<String>) -> Self {
+        MountError {
+            step: step.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// A filesystem being configured; errors carry the messages the kernel logged on the context.
-pub(crate) struct FsContext {
+pub struct FsContext {
     fd: OwnedFd,
     what: String,
 }
 
 impl FsContext {
     /// `what` names the mount in errors: "mounting overlay", "mounting /proc".
-    pub fn open(fstype: &str, what: impl Into<String>) -> Result<Self, ChildError> {
+    pub fn open(fstype: &str, what: impl Into<String>) -> Result<Self, MountError> {
         let what = what.into();
-        let fd = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| ChildError::errno(&what, e))?;
+        let fd = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| MountError::errno(&what, e))?;
         Ok(Self { fd, what })
     }
 
-    fn error(&self, errno: Errno, detail: &str) -> ChildError {
+    fn error(&self, errno: Errno, detail: &str) -> MountError {
         let mut message = describe_errno(errno);
         if !detail.is_empty() {
             message = format!("{message} ({detail})");
@@ -37,7 +61,7 @@ impl FsContext {
         if !log.is_empty() {
             message = format!("{message}; kernel: {log}");
         }
-        ChildError::setup(&self.what, message)
+        MountError::new(&self.what, message)
     }
 
     /// The "e overlay: ..." lines the kernel queued on the context.
@@ -57,21 +81,21 @@ impl FsContext {
         lines.join("; ")
     }
 
-    pub fn set(&self, key: &str, value: &str) -> Result<(), ChildError> {
+    pub fn set(&self, key: &str, value: &str) -> Result<(), MountError> {
         fsconfig_set_string(&self.fd, key, value).map_err(|e| self.error(e, &format!("{key}={value}")))
     }
 
-    pub fn set_path(&self, key: &str, value: &Path) -> Result<(), ChildError> {
+    pub fn set_path(&self, key: &str, value: &Path) -> Result<(), MountError> {
         fsconfig_set_string(&self.fd, key, value)
             .map_err(|e| self.error(e, &format!("{key}={}", value.display())))
     }
 
-    pub fn flag(&self, key: &str) -> Result<(), ChildError> {
+    pub fn flag(&self, key: &str) -> Result<(), MountError> {
         fsconfig_set_flag(&self.fd, key).map_err(|e| self.error(e, key))
     }
 
     /// Creates the superblock and returns a detached mount of it.
-    pub fn mount(self, attrs: MountAttrFlags) -> Result<OwnedFd, ChildError> {
+    pub fn mount(self, attrs: MountAttrFlags) -> Result<OwnedFd, MountError> {
         fsconfig_create(&self.fd).map_err(|e| self.error(e, "creating the filesystem"))?;
         fsmount(&self.fd, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| self.error(e, "fsmount"))
     }
@@ -80,13 +104,13 @@ impl FsContext {
 /// A detached overlay of `lower` (top first) with `upper` and `work`. `empty` stands in when there is no
 /// lower dir, since overlayfs needs one. redirect_dir, index and metacopy stay off so the upper dir remains a
 /// plain diff that maps one-to-one onto an OCI layer (DESIGN.md §4).
-pub(crate) fn overlay(
+pub fn overlay(
     lower: &[PathBuf],
     upper: &Path,
     work: &Path,
     empty: &Path,
     what: &str,
-) -> Result<OwnedFd, ChildError> {
+) -> Result<OwnedFd, MountError> {
     let ctx = FsContext::open("overlay", what)?;
     ctx.set("source", "kiln")?;
     let lower: Vec<&Path> = if lower.is_empty() {
@@ -109,12 +133,12 @@ pub(crate) fn overlay(
 }
 
 /// A detached tmpfs.
-pub(crate) fn tmpfs(
+pub fn tmpfs(
     mode: &str,
     size: Option<u64>,
     attrs: MountAttrFlags,
     what: &str,
-) -> Result<OwnedFd, ChildError> {
+) -> Result<OwnedFd, MountError> {
     let ctx = FsContext::open("tmpfs", what)?;
     ctx.set("source", "tmpfs")?;
     ctx.set("mode", mode)?;
@@ -125,37 +149,32 @@ pub(crate) fn tmpfs(
 }
 
 /// A detached copy of the mount tree at `source` (a host path), like `mount --rbind`.
-pub(crate) fn bind(
-    source: &Path,
-    recursive: bool,
-    readonly: bool,
-    what: &str,
-) -> Result<OwnedFd, ChildError> {
+pub fn bind(source: &Path, recursive: bool, readonly: bool, what: &str) -> Result<OwnedFd, MountError> {
     bind_at(rustix::fs::CWD, source, recursive, readonly, what)
 }
 
-pub(crate) fn bind_at(
+pub fn bind_at(
     dir: BorrowedFd<'_>,
     source: &Path,
     recursive: bool,
     readonly: bool,
     what: &str,
-) -> Result<OwnedFd, ChildError> {
+) -> Result<OwnedFd, MountError> {
     let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
     if recursive {
         flags |= OpenTreeFlags::AT_RECURSIVE;
     }
     let tree = open_tree(dir, source, flags)
-        .map_err(|e| ChildError::setup(what, format!("{}: {}", source.display(), describe_errno(e))))?;
+        .map_err(|e| MountError::new(what, format!("{}: {}", source.display(), describe_errno(e))))?;
     if readonly {
-        sys::mount_set_readonly(tree.as_fd(), recursive)
-            .map_err(|e| ChildError::setup(what, format!("making it read-only: {}", describe_errno(e))))?;
+        mount_set_readonly(tree.as_fd(), recursive)
+            .map_err(|e| MountError::new(what, format!("making it read-only: {}", describe_errno(e))))?;
     }
     Ok(tree)
 }
 
 /// Attaches a detached mount onto the mount point `target` (an `O_PATH` descriptor).
-pub(crate) fn attach(mount: &OwnedFd, target: BorrowedFd<'_>, what: &str) -> Result<(), ChildError> {
+pub fn attach(mount: &OwnedFd, target: BorrowedFd<'_>, what: &str) -> Result<(), MountError> {
     move_mount(
         mount,
         c"",
@@ -163,10 +182,87 @@ pub(crate) fn attach(mount: &OwnedFd, target: BorrowedFd<'_>, what: &str) -> Res
         c"",
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
-    .map_err(|e| ChildError::errno(what, e))
+    .map_err(|e| MountError::errno(what, e))
 }
 
 /// Attaches a detached mount at `name` relative to `dir`, not following a final symlink.
-pub(crate) fn attach_at(mount: &OwnedFd, dir: BorrowedFd<'_>, name: &str) -> Result<(), Errno> {
+pub fn attach_at(mount: &OwnedFd, dir: BorrowedFd<'_>, name: &str) -> Result<(), Errno> {
     move_mount(mount, c"", dir, name, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
+}
+
+/// Makes a (possibly detached) mount read-only with `mount_setattr` (which rustix does not wrap),
+/// recursively if asked.
+pub fn mount_set_readonly(mount: BorrowedFd<'_>, recursive: bool) -> Result<(), Errno> {
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let mut flags = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= libc::AT_RECURSIVE;
+    }
+    // SAFETY: `attr` lives across the call and its size is passed along; the path is an empty C string.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r == -1 {
+        Err(Errno::from_raw_os_error(
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// "EINVAL: Invalid argument" — the symbolic name is what people search for, the text is what they read.
+pub fn describe_errno(errno: Errno) -> String {
+    let text = std::io::Error::from_raw_os_error(errno.raw_os_error()).to_string();
+    // std appends " (os error N)", which adds nothing next to the name.
+    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+    match errno_name(errno) {
+        Some(name) => format!("{name}: {text}"),
+        None => text,
+    }
+}
+
+fn errno_name(errno: Errno) -> Option<&'static str> {
+    Some(match errno {
+        Errno::PERM => "EPERM",
+        Errno::NOENT => "ENOENT",
+        Errno::INTR => "EINTR",
+        Errno::IO => "EIO",
+        Errno::TOOBIG => "E2BIG",
+        Errno::NOEXEC => "ENOEXEC",
+        Errno::BADF => "EBADF",
+        Errno::NOMEM => "ENOMEM",
+        Errno::ACCESS => "EACCES",
+        Errno::FAULT => "EFAULT",
+        Errno::BUSY => "EBUSY",
+        Errno::EXIST => "EEXIST",
+        Errno::XDEV => "EXDEV",
+        Errno::NODEV => "ENODEV",
+        Errno::NOTDIR => "ENOTDIR",
+        Errno::ISDIR => "EISDIR",
+        Errno::INVAL => "EINVAL",
+        Errno::MFILE => "EMFILE",
+        Errno::TXTBSY => "ETXTBSY",
+        Errno::NOSPC => "ENOSPC",
+        Errno::ROFS => "EROFS",
+        Errno::NAMETOOLONG => "ENAMETOOLONG",
+        Errno::NOSYS => "ENOSYS",
+        Errno::NOTEMPTY => "ENOTEMPTY",
+        Errno::LOOP => "ELOOP",
+        Errno::OPNOTSUPP => "EOPNOTSUPP",
+        Errno::STALE => "ESTALE",
+        _ => return None,
+    })
 }

@@ -5,7 +5,7 @@
 //! Lines whose ids do not parse are skipped rather than read as 0 (runc's behaviour): a typo must not make a
 //! user root. Blank lines and `#` comments define nobody.
 
-pub(crate) struct PasswdEntry<'a> {
+pub struct PasswdEntry<'a> {
     pub name: &'a str,
     pub uid: u32,
     pub gid: u32,
@@ -13,7 +13,7 @@ pub(crate) struct PasswdEntry<'a> {
     pub home: &'a str,
 }
 
-pub(crate) struct GroupEntry<'a> {
+pub struct GroupEntry<'a> {
     pub name: &'a str,
     pub gid: u32,
     pub members: Vec<&'a str>,
@@ -21,11 +21,11 @@ pub(crate) struct GroupEntry<'a> {
 
 /// The users of an /etc/passwd, in file order.
 #[derive(Default)]
-pub(crate) struct Passwd<'a>(Vec<PasswdEntry<'a>>);
+pub struct Passwd<'a>(Vec<PasswdEntry<'a>>);
 
 /// The groups of an /etc/group, in file order.
 #[derive(Default)]
-pub(crate) struct Groups<'a>(Vec<GroupEntry<'a>>);
+pub struct Groups<'a>(Vec<GroupEntry<'a>>);
 
 fn records(text: &str) -> impl Iterator<Item = Vec<&str>> {
     text.lines()

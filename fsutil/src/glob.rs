@@ -4,11 +4,11 @@
 
 /// Go's `filepath.ErrBadPattern`.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct BadPattern;
+pub struct BadPattern;
 
 /// `filepath.Clean(filepath.Join("/", path))` without the leading slash: `..` can never climb above the
 /// root, and the root itself is the empty path.
-pub(crate) fn clean_rel(path: &[u8]) -> Vec<u8> {
+pub fn clean_rel(path: &[u8]) -> Vec<u8> {
     let mut parts: Vec<&[u8]> = Vec::new();
     for part in path.split(|b| *b == b'/') {
         match part {
@@ -23,7 +23,7 @@ pub(crate) fn clean_rel(path: &[u8]) -> Vec<u8> {
 }
 
 /// fsutil's `containsWildcards`: a backslash escapes the next byte.
-fn contains_wildcards(segment: &[u8]) -> bool {
+pub fn contains_wildcards(segment: &[u8]) -> bool {
     let mut i = 0;
     while i < segment.len() {
         match segment[i] {
@@ -38,7 +38,7 @@ fn contains_wildcards(segment: &[u8]) -> bool {
 
 /// Splits a cleaned relative path before its first segment that has a wildcard. The literal part is used
 /// as a path as it stands (escapes included), exactly as fsutil does.
-pub(crate) fn split_wildcards(rel: &[u8]) -> (Vec<u8>, Vec<u8>) {
+pub fn split_wildcards(rel: &[u8]) -> (Vec<u8>, Vec<u8>) {
     if rel.is_empty() {
         return (Vec::new(), Vec::new());
     }
@@ -63,7 +63,7 @@ fn decode_rune(b: &[u8]) -> (u32, usize) {
 
 /// Go's `filepath.Match` on Unix: `*` and `?` never match `/`; `[...]` classes with ranges and `^`;
 /// `\` escapes.
-pub(crate) fn go_match(pattern: &[u8], name: &[u8]) -> Result<bool, BadPattern> {
+pub fn go_match(pattern: &[u8], name: &[u8]) -> Result<bool, BadPattern> {
     let (mut pattern, mut name) = (pattern, name);
     'outer: while !pattern.is_empty() {
         let (star, chunk, rest) = scan_chunk(pattern);
