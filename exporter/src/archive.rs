@@ -21,17 +21,13 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use kiln_cache::{Digest, Store};
-use kiln_registry::{MEDIA_TYPE_OCI_INDEX, Platform};
+use kiln_image::media::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, MEDIA_TYPE_OCI_INDEX};
+use kiln_registry::Platform;
 use rustix::fs::FlockOperation;
 
 use crate::atomic::{self, TempDir};
 use crate::error::{Error, Result};
-use crate::stored::{self, Found, StoredImage, StoredManifest};
-
-/// The annotation OCI layouts name their images with.
-pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
-/// The annotation containerd (and docker 25+) puts the full image name in.
-pub const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
+use kiln_image::stored::{self, Found, StoredImage, StoredManifest};
 
 const OCI_LAYOUT_FILE: &str = "oci-layout";
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -197,7 +193,7 @@ fn oci_layout(images: &[(StoredImage, Option<String>)]) -> Result<OciLayout> {
     let mut manifests = Vec::new();
     for (image, name) in images {
         let (top, bytes) = image.export_top()?;
-        if stored::is_index(&top.media_type) {
+        if kiln_image::media::is_index(&top.media_type) {
             for m in &image.manifests {
                 blobs.insert(m.manifest.digest, Source::Blob(m.manifest.digest));
             }

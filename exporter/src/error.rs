@@ -4,11 +4,8 @@ use std::io;
 /// they are: they already name the blob, reference or registry involved.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no such image: {0}")]
-    NoSuchImage(String),
-
-    #[error("image ID prefix {prefix:?} is ambiguous: it matches {matches}")]
-    AmbiguousId { prefix: String, matches: String },
+    #[error(transparent)]
+    Image(#[from] kiln_image::Error),
 
     /// Stored content that is not what its record says (a manifest that does not parse, a missing layer).
     #[error("{what}: {reason}")]
@@ -20,12 +17,8 @@ pub enum Error {
     #[error(transparent)]
     Registry(#[from] kiln_registry::Error),
 
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{context}: {error}")]
+    Io { context: String, error: io::Error },
 
     /// Writing a build output failed: `output` names its kind and destination, `error` why. The inner error
     /// is shown, not chained, so that the reason is printed once however the error is rendered.
@@ -52,6 +45,6 @@ impl Error {
 
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
         let context = context.into();
-        move |source| Error::Io { context, source }
+        move |error| Error::Io { context, error }
     }
 }

@@ -40,19 +40,7 @@ impl Layer {
     }
 }
 
-/// The layer media type for a compression, in OCI's or docker's vocabulary. Docker's schema 2 has no zstd
-/// type; BuildKit's `…tar.zstd` is used, though images with zstd layers are given OCI types (see
-/// [`crate::image::ImageOptions`]).
-pub fn layer_media_type(compression: Compression, oci: bool) -> &'static str {
-    match (compression, oci) {
-        (Compression::None, true) => "application/vnd.oci.image.layer.v1.tar",
-        (Compression::Gzip, true) => "application/vnd.oci.image.layer.v1.tar+gzip",
-        (Compression::Zstd, true) => "application/vnd.oci.image.layer.v1.tar+zstd",
-        (Compression::None, false) => "application/vnd.docker.image.rootfs.diff.tar",
-        (Compression::Gzip, false) => "application/vnd.docker.image.rootfs.diff.tar.gzip",
-        (Compression::Zstd, false) => "application/vnd.docker.image.rootfs.diff.tar.zstd",
-    }
-}
+pub use kiln_image::media::layer as layer_media_type;
 
 /// The level a blob is compressed at: the default filled in, so that asking for the default and asking for
 /// its value reuse the same blob. `None` for uncompressed layers, where a level means nothing.

@@ -1,5 +1,5 @@
-//! Exporters: turn images into what users ship. [`stored`] reads images as the store holds them (names,
-//! indexes, platform manifests, IDs), [`push()`] sends one to a registry, [`archive`] writes OCI and docker
+//! Exporters: turn images into what users ship (what images are in the store is `kiln_image`'s). [`push()`]
+//! sends one to a registry, [`archive`] writes OCI and docker
 //! archives and OCI layouts. [`image`] makes images from build results: [`layer`] turns a snapshot into a
 //! deterministic layer tar, [`export`] hashes and compresses it into the store once, and the config, manifest
 //! and index are written as [`canonical`] JSON. [`output`] is the build's `-o/--output`: a built image as an
@@ -15,9 +15,7 @@ pub mod export;
 pub mod image;
 pub mod layer;
 pub mod output;
-pub mod parallel;
 pub mod push;
-pub mod stored;
 mod tree;
 
 pub use archive::{ArchiveFormat, save};

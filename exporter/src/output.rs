@@ -28,8 +28,8 @@ use crate::archive::{self, ArchiveFormat};
 use crate::atomic;
 use crate::error::{Error, Result};
 use crate::layer;
-use crate::stored::{self, StoredImage};
 use crate::tree::{self, Kind, Node, Tree};
+use kiln_image::stored::{self, StoredImage};
 
 /// Where a file output goes (`dest=-` is standard output).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -22,8 +22,8 @@ use serde_json::Value;
 use crate::canonical;
 use crate::error::{Error, Result};
 use crate::export::{Compression, convert_layer};
-use crate::parallel::{self, Events};
-use crate::stored::{self, BlobRef, StoredImage};
+use kiln_image::parallel::{self, Events};
+use kiln_image::stored::{self, BlobRef, StoredImage};
 
 /// Blobs uploaded at the same time.
 const PARALLEL_UPLOADS: usize = 3;
@@ -172,7 +172,7 @@ async fn push_image(
             Ok::<_, Error>((reference, digest, bytes.len() as u64))
         }
     };
-    if stored::is_index(&shipped.top.media_type) {
+    if kiln_image::media::is_index(&shipped.top.media_type) {
         for m in &shipped.manifests {
             let reference = target.with_digest(&m.manifest.digest.to_string());
             let (reference, digest, size) =
@@ -300,7 +300,7 @@ fn ship(store: &Store, image: &StoredImage, opts: &PushOptions) -> Result<Shippe
             top_bytes,
         });
     }
-    if !stored::is_index(&top.media_type) {
+    if !kiln_image::media::is_index(&top.media_type) {
         let m = manifests
             .iter()
             .find(|m| rewritten.get(&top.digest) == Some(&m.manifest))

@@ -470,7 +470,7 @@ fn tags_are_docker_names_and_keep_the_image() {
     assert_eq!(record.digest, built.manifest_digest);
     assert_eq!(record.media_type, built.media_type);
     assert_eq!(record.platforms.len(), 1);
-    let parts = kiln_exporter::stored::name_parts(&name).expect("parts");
+    let parts = kiln_image::stored::name_parts(&name).expect("parts");
     assert_eq!(
         (parts.repository.as_str(), parts.tag.as_deref()),
         ("app", Some("dev"))

@@ -3,9 +3,9 @@
 //! from the registry with `--pull`) — and the same answer serves the frontend (the image config, for ENV and
 //! WORKDIR expansion and ONBUILD), the cache keys (the manifest digest) and the run (the layers).
 
-use crate::images::{self, ResolvedImage};
 use crate::solve::LayerRef;
 use kiln_cache::{Digest, Store};
+use kiln_image::{self as images, ResolvedImage};
 use kiln_llb::Platform;
 use kiln_llb::image::{ImageInfo, ImageResolver};
 use kiln_registry::{Reference, RegistryClient};
@@ -109,7 +109,7 @@ impl BaseImages {
                     .names
                     .first()
                     .cloned()
-                    .unwrap_or_else(|| kiln_exporter::stored::unnamed(&chosen.id));
+                    .unwrap_or_else(|| kiln_image::stored::unnamed(&chosen.id));
                 let image = images::local_image(&store, &name, &wanted)
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("the OCI layout {} has no image for {wanted}", dir.display()))?;
@@ -158,8 +158,8 @@ impl ImageResolver for BaseImages {
 }
 
 fn base_image(image: ResolvedImage) -> Result<Arc<BaseImage>, String> {
-    let mut info =
-        kiln_exporter::image::image_info(&image.config).map_err(|e| format!("image {}: {e}", image.name))?;
+    let mut info = kiln_image::config::parse(&image.config, &format!("image {}", image.name))
+        .map_err(|e| e.to_string())?;
     // The base's history stays with the base's layers (the exporter copies it verbatim); the build's image
     // history starts with the build's own instructions.
     info.history.clear();

@@ -5,7 +5,6 @@ pub mod base;
 pub mod context;
 pub mod fileop;
 pub mod http;
-pub mod images;
 pub mod overlay;
 pub mod progress;
 pub mod sandbox;

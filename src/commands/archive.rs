@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::bail;
 use kiln_exporter::ArchiveFormat;
 use kiln_exporter::output::{self, Dest};
-use kiln_exporter::stored;
-use kiln_solver::images;
+use kiln_image as images;
+use kiln_image::stored;
 
 use super::images::open_store;
 use crate::cli::{GlobalArgs, LoadArgs, SaveArgs, SaveFormat};

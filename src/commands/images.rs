@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use kiln_cache::{Digest, Store};
-use kiln_exporter::stored::{self, Found, StoredImage};
+use kiln_image::stored::{self, Found, StoredImage};
 use kiln_registry::{Platform, Reference, RegistryClient, RegistryConfig};
 
 use crate::cli::{GlobalArgs, ImagesArgs, ImagesFormat, RmiArgs};

@@ -4,9 +4,9 @@
 use super::images as image_cmds;
 use crate::cli::{GlobalArgs, RunArgs};
 use anyhow::{Context, bail};
+use kiln_image as images;
 use kiln_llb::Platform;
 use kiln_registry::Reference;
-use kiln_solver::images;
 use kiln_solver::sandbox::{Network, Sandbox, SandboxSpec};
 use std::process::ExitCode;
 
@@ -30,7 +30,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                 ))?
             }
         };
-        let info = kiln_exporter::image::image_info(&image.config).map_err(anyhow::Error::msg)?;
+        let info = kiln_image::config::parse(&image.config, &format!("image {}", args.image))?;
         let snapshots = images::materialize(&leased, &image)?;
         if platform != Platform::host() {
             kiln_solver::sandbox::check_emulation(&platform.architecture)?;

@@ -48,14 +48,14 @@ pub fn du(global: &GlobalArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         let mut images = vec![vec!["IMAGE".to_owned(), "SIZE".into(), "UNIQUE SIZE".into()]];
         for image in &usage.images {
             images.push(vec![
-                kiln_exporter::stored::familiar_name(&image.name),
+                kiln_image::stored::familiar_name(&image.name),
                 human_size(image.size),
                 human_size(image.unique_size),
             ]);
         }
         print_table(&images);
         println!();
-        let now = kiln_exporter::stored::now_secs();
+        let now = kiln_image::stored::now_secs();
         let mut records = vec![vec![
             "CACHE RECORD".to_owned(),
             "SIZE".into(),

@@ -10,9 +10,9 @@ use anyhow::{Context, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_cache::Digest;
 use kiln_exporter::PushProgress;
-use kiln_exporter::stored;
+use kiln_image::stored;
+use kiln_image::{self as images, PullProgress};
 use kiln_registry::{Platform, Reference};
-use kiln_solver::images::{self, PullProgress};
 
 use super::images::{open_store, registry_client, runtime, short_id};
 use crate::cli::{GlobalArgs, LoginArgs, PullArgs, PushArgs};

@@ -1,10 +1,10 @@
 //! Base images for a build: found in the store first (as `docker build` does), pulled otherwise.
 
+use crate::stored::{self, StoredImage, StoredManifest};
 use kiln_cache::{Digest, LeaseResource, SnapshotId, Store};
-use kiln_exporter::stored::{self, StoredImage, StoredManifest};
 use kiln_registry::{Platform, Reference, RegistryClient};
 
-use super::{Error, Result, pull};
+use crate::{Error, Result, pull};
 
 /// One platform image in the store, with what a build needs of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,8 +51,8 @@ pub fn local_image(store: &Store, name: &str, platform: &Platform) -> Result<Opt
     if stored::is_unnamed(name) {
         return match stored::find(store, name) {
             Ok(found) => Ok(found.image().select(platform).map(|m| LocalImage::new(name, m))),
-            Err(kiln_exporter::Error::NoSuchImage(_)) => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(Error::NoSuchImage(_)) => Ok(None),
+            Err(e) => Err(e),
         };
     }
     let key = match Reference::parse(name) {

@@ -13,21 +13,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use kiln_cache::{Digest, ImageRecord, Store};
 use kiln_registry::oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
-use kiln_registry::{
-    MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_INDEX,
-    MEDIA_TYPE_OCI_MANIFEST, Platform, PlatformMatch, Reference,
-};
+use kiln_registry::{Platform, PlatformMatch, Reference};
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
-
-pub fn is_index(media_type: &str) -> bool {
-    media_type == MEDIA_TYPE_OCI_INDEX || media_type == MEDIA_TYPE_DOCKER_MANIFEST_LIST
-}
-
-pub fn is_manifest(media_type: &str) -> bool {
-    media_type == MEDIA_TYPE_OCI_MANIFEST || media_type == MEDIA_TYPE_DOCKER_MANIFEST
-}
+use crate::media::{is_index, is_manifest};
+use crate::{Error, Result};
 
 /// A descriptor in the store's terms (sha256 digests only).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -512,6 +502,8 @@ pub fn name_parts(name: &str) -> Option<NameParts> {
     })
 }
 
+/// The store's record of a platform (`kiln_cache::Platform`, a storage record that knows nothing of
+/// matching): the one conversion from the platform type everything else uses.
 pub fn to_store_platform(p: &Platform) -> kiln_cache::Platform {
     kiln_cache::Platform {
         os: p.os.clone(),

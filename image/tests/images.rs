@@ -8,8 +8,8 @@ use std::process::Command;
 
 use kiln_cache::Store;
 use kiln_exporter::ArchiveFormat;
+use kiln_image::{self as images, PullProgress};
 use kiln_registry::{Platform, Reference, RegistryClient, RegistryConfig};
-use kiln_solver::images::{self, PullProgress};
 use kiln_testutil::fake::{FakeRegistry, Request, Response};
 use kiln_testutil::{OciLayout, Registry, busybox_oci_layout};
 

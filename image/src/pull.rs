@@ -2,13 +2,13 @@
 
 use std::io::Write;
 
+use crate::parallel::{self, Events};
+use crate::stored::{self, BlobRef};
 use kiln_cache::{BlobMeta, Compression, Digest, LeaseResource, Store};
-use kiln_exporter::parallel::{self, Events};
-use kiln_exporter::stored::{self, BlobRef};
 use kiln_registry::oci_spec::image::Descriptor;
 use kiln_registry::{Platform, PlatformMatch, Reference, RegistryClient, Resolved};
 
-use super::{Error, LeaseGuard, Result};
+use crate::{Error, LeaseGuard, Result};
 
 /// Blobs downloaded at the same time.
 const PARALLEL_DOWNLOADS: usize = 3;

@@ -1,15 +1,23 @@
-//! Base images: pulling from registries into the store ([`pull()`]), finding them there for a build
-//! ([`local_image`], [`resolve_for_build`]) and unpacking their layers ([`materialize`]), and loading docker
-//! and OCI archives ([`load_archive`]).
+//! Images as kiln holds them — the model that the solver, the exporters and the CLI share:
+//! - [`stored`]: what a name points at in the store (an index or a manifest), the platform images of it that
+//!   are complete, image IDs, name normalisation;
+//! - [`config`]: the image config JSON with docker's field names, written and read in one place;
+//! - [`media`]: media types and the annotations archives carry;
+//! - [`pull()`], [`load_archive`]: filling the store from registries and from docker or OCI archives;
+//!   [`local_image`], [`resolve_for_build`], [`materialize`]: finding a base image for a build and
+//!   unpacking its layers;
+//! - [`parallel`]: transfers run side by side with their progress on one callback.
 //!
 //! Everything is written under a store lease and named (an image record) only once it is complete, so an
 //! interrupted or failed pull or load leaves no image behind, only unreferenced blobs for the next prune.
-//! What images are, their names and IDs, is [`kiln_exporter::stored`]'s business; this module fills the
-//! store and reads it through that.
 
+pub mod config;
 mod load;
 mod local;
+pub mod media;
+pub mod parallel;
 mod pull;
+pub mod stored;
 
 pub use load::{LoadedImage, load_archive, load_archive_from};
 pub use local::{LocalImage, ResolvedImage, local_image, materialize, resolve_for_build};
@@ -17,40 +25,43 @@ pub use pull::{PullProgress, PulledImage, PulledManifest, pull};
 
 use kiln_cache::{LeaseId, Store};
 
-/// What pulling, loading and resolving images can fail with. Registry errors name the reference already;
-/// the others carry it in `what`/`context`.
+/// What reading, pulling, loading and resolving images can fail with. Store and registry errors name the
+/// blob, reference or registry already; the others carry what they are about in `what`/`context`. Each
+/// message includes its cause, so the cause is not chained again.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("no such image: {0}")]
+    NoSuchImage(String),
+
+    #[error("image ID prefix {prefix:?} is ambiguous: it matches {matches}")]
+    AmbiguousId { prefix: String, matches: String },
+
     #[error(transparent)]
     Registry(#[from] kiln_registry::Error),
 
     #[error(transparent)]
-    Image(#[from] kiln_exporter::Error),
+    Store(#[from] kiln_cache::Error),
 
-    #[error("{context}: {source}")]
-    Store {
+    /// A store error and what was being done.
+    #[error("{context}: {error}")]
+    StoreContext {
         context: String,
-        #[source]
-        source: kiln_cache::Error,
+        error: kiln_cache::Error,
     },
 
-    /// Content that is not what it should be: a config that does not match its manifest, an archive without
-    /// a manifest, a layer whose content is not its diff_id.
+    /// Content that is not what it should be: a manifest that does not parse, a config that does not match
+    /// its manifest, an archive without a manifest, a layer whose content is not its diff_id.
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
 
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{context}: {error}")]
+    Io { context: String, error: std::io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Error {
+    pub fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Error {
         Error::Invalid {
             what: what.into(),
             reason: reason.into(),
@@ -60,12 +71,12 @@ impl Error {
     /// Names what was being done in a store error.
     fn store(context: impl Into<String>) -> impl FnOnce(kiln_cache::Error) -> Error {
         let context = context.into();
-        move |source| Error::Store { context, source }
+        move |error| Error::StoreContext { context, error }
     }
 
     fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
-        move |source| Error::Io { context, source }
+        move |error| Error::Io { context, error }
     }
 }
 

@@ -11,13 +11,13 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Component, Path};
 
+use crate::media::{self, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
+use crate::stored::{self, BlobRef, StoredImage};
 use kiln_cache::{BlobMeta, Compression, Digest, Store};
-use kiln_exporter::archive::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
-use kiln_exporter::stored::{self, BlobRef, StoredImage};
 use kiln_registry::{MEDIA_TYPE_OCI_MANIFEST, Platform, Reference};
 use serde::Deserialize;
 
-use super::{Error, LeaseGuard, Result};
+use crate::{Error, LeaseGuard, Result};
 
 /// Metadata files larger than this are refused rather than read into memory.
 const MAX_METADATA: u64 = 16 << 20;
@@ -202,10 +202,10 @@ fn ingest_dir(store: &Store, dir: &Path, what: &str) -> Result<Ingested> {
             Err(e) => return Err(Error::io(format!("{what}: open {path}"))(e)),
         };
         let copied = store_blob(store, &mut file, Some(&blob.digest), &format!("{what}: {path}"))?;
-        if stored::is_index(&blob.media_type) || stored::is_manifest(&blob.media_type) {
+        if media::is_index(&blob.media_type) || media::is_manifest(&blob.media_type) {
             let bytes = store.read_blob(&blob.digest).map_err(Error::store(what))?;
             let label = format!("{what}: {path}");
-            if stored::is_index(&blob.media_type) {
+            if media::is_index(&blob.media_type) {
                 pending.extend(
                     stored::parse_index(&bytes, &label)?
                         .into_iter()
@@ -270,7 +270,7 @@ impl Ingested {
         let mut loaded = Vec::new();
         for entry in stored::parse_index(index, &format!("{what}: index.json"))? {
             let top = &entry.manifest;
-            if !stored::is_index(&top.media_type) && !stored::is_manifest(&top.media_type) {
+            if !media::is_index(&top.media_type) && !media::is_manifest(&top.media_type) {
                 tracing::warn!(digest = %top.digest, media_type = top.media_type, "{what}: skipping an entry that is not an image");
                 continue;
             }
@@ -288,7 +288,7 @@ impl Ingested {
             };
             let image =
                 StoredImage::read(store, "", record).map_err(|e| Error::invalid(what, e.to_string()))?;
-            let expected = if stored::is_index(&top.media_type) {
+            let expected = if media::is_index(&top.media_type) {
                 None
             } else {
                 Some(1)
@@ -335,7 +335,7 @@ impl Ingested {
                 let blob = self.blob_at(path, what)?;
                 let compression = detect(store, &blob.digest, what)?;
                 layers.push(BlobRef {
-                    media_type: layer_media_type(compression).to_owned(),
+                    media_type: media::layer(compression, true).to_owned(),
                     ..blob.clone()
                 });
             }
@@ -433,14 +433,6 @@ fn detect(store: &Store, blob: &Digest, what: &str) -> Result<Compression> {
             format!("layer {blob} is {format:?}-compressed, which no image layer media type names"),
         )
     })
-}
-
-fn layer_media_type(compression: Compression) -> &'static str {
-    match compression {
-        Compression::None => "application/vnd.oci.image.layer.v1.tar",
-        Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-        Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
-    }
 }
 
 /// Names a verified image (or records it by ID when it has no name).
