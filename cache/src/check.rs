@@ -163,6 +163,40 @@ impl Store {
             }
         }
 
+        for (name, record) in &inv.db.cache_mounts {
+            if !self.cache_mounts_dir().join(name).is_dir() {
+                report.warn(
+                    format!("cache mount {:?}", record.id),
+                    "recorded, but its directory is gone (the next use creates it again)",
+                );
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.cache_mounts_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !inv.db.cache_mounts.iter().any(|(n, _)| *n == name) {
+                    report.warn(
+                        format!("cache-mounts/{name}"),
+                        "directory without a record (prune --all removes it)",
+                    );
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.context_index_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let verdict = std::fs::read(entry.path())
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| crate::context_index::inspect(&bytes));
+                if let Err(reason) = verdict {
+                    report.warn(
+                        format!("context-index/{name}"),
+                        format!("{reason}; it is ignored (prune removes it)"),
+                    );
+                }
+            }
+        }
+
         let tmp = self.tmp_dir();
         for entry in std::fs::read_dir(&tmp).ctx(|| format!("list {}", tmp.display()))? {
             let entry = entry.ctx(|| format!("list {}", tmp.display()))?;

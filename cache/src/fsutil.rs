@@ -99,7 +99,30 @@ pub struct LockGuard {
 }
 
 impl LockGuard {
+    /// Waits for the exclusive lock.
     pub(crate) fn acquire(path: &Path) -> Result<LockGuard> {
+        Self::blocking(path, FlockOperation::LockExclusive)
+    }
+
+    /// Waits for a shared lock: any number of holders, none while an exclusive one is held.
+    pub(crate) fn acquire_shared(path: &Path) -> Result<LockGuard> {
+        Self::blocking(path, FlockOperation::LockShared)
+    }
+
+    /// The exclusive lock if nobody holds the lock in any way; `None` at once otherwise.
+    pub(crate) fn try_exclusive(path: &Path) -> Result<Option<LockGuard>> {
+        Self::lock(path, FlockOperation::NonBlockingLockExclusive)
+    }
+
+    fn blocking(path: &Path, operation: FlockOperation) -> Result<LockGuard> {
+        // A blocking flock returns only once it holds the lock; EWOULDBLOCK cannot come back.
+        Self::lock(path, operation)?.ok_or_else(|| crate::Error::Io {
+            context: format!("lock {}", path.display()),
+            source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
+        })
+    }
+
+    fn lock(path: &Path, operation: FlockOperation) -> Result<Option<LockGuard>> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -109,15 +132,16 @@ impl LockGuard {
             .open(path)
             .ctx(|| format!("open lock file {}", path.display()))?;
         loop {
-            match flock(&file, FlockOperation::LockExclusive) {
+            match flock(&file, operation) {
                 Err(Errno::INTR) => continue,
+                Err(Errno::WOULDBLOCK) => return Ok(None),
                 r => break r.ctx(|| format!("lock {}", path.display()))?,
             }
         }
-        Ok(LockGuard {
+        Ok(Some(LockGuard {
             _file: file,
             path: path.to_owned(),
-        })
+        }))
     }
 
     pub fn path(&self) -> &Path {

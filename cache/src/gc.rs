@@ -13,9 +13,12 @@ use serde::Deserialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{LockGuard, fsync_dir, temp_holder};
+use std::os::unix::ffi::OsStrExt;
+
+use crate::context_index;
 use crate::meta::{
-    CacheRecord, DbDump, Lease, LeaseResource, SnapshotId, delete_blob_meta, delete_cache_record,
-    delete_lease, delete_snapshot,
+    CACHE_MOUNTS, CacheMountRecord, CacheRecord, DbDump, Lease, LeaseResource, SnapshotId, delete_blob_meta,
+    delete_cache_record, delete_lease, delete_snapshot, get_json,
 };
 use crate::{Digest, Store};
 
@@ -30,6 +33,20 @@ pub struct DiskUsage {
     pub snapshots_bytes: u64,
     /// What `prune(false, None)` would free.
     pub reclaimable_bytes: u64,
+    /// `RUN --mount=type=cache` directories.
+    pub cache_mounts: Vec<CacheMountUsage>,
+    pub cache_mounts_bytes: u64,
+    /// The stat indexes of build contexts.
+    pub context_index_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheMountUsage {
+    pub id: String,
+    pub size: u64,
+    pub last_used: u64,
+    /// A step of some build holds it now.
+    pub in_use: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +88,10 @@ pub struct PruneReport {
     pub leases: Vec<String>,
     /// Leftovers in ROOT/tmp of processes that no longer run.
     pub temp_entries: usize,
+    /// Ids of the cache mounts removed (`all` only).
+    pub cache_mounts: Vec<String>,
+    /// Context indexes removed: those of context directories that are gone (all of them with `all`).
+    pub context_indexes: usize,
     pub bytes_freed: u64,
 }
 
@@ -467,6 +488,15 @@ impl Store {
             snapshots: inv.snapshot_size.keys().cloned().collect(),
         };
         let total = inv.size(&everything);
+        let mut cache_mounts = Vec::new();
+        for (name, record) in &inv.db.cache_mounts {
+            cache_mounts.push(CacheMountUsage {
+                id: record.id.clone(),
+                size: tree_size(&self.cache_mounts_dir().join(name)),
+                last_used: record.last_used,
+                in_use: self.cache_mount_in_use(name)?,
+            });
+        }
         Ok(DiskUsage {
             images,
             cache_records,
@@ -474,11 +504,15 @@ impl Store {
             blobs_bytes: inv.blob_files.values().sum(),
             snapshots_bytes: inv.snapshot_size.values().sum(),
             reclaimable_bytes: total.saturating_sub(inv.size(&marked)),
+            cache_mounts_bytes: cache_mounts.iter().map(|m| m.size).sum(),
+            cache_mounts,
+            context_index_bytes: tree_size(&self.context_index_dir()),
         })
     }
 
-    /// Removes blobs and snapshots nothing keeps, leases of dead processes and temp leftovers of dead
-    /// processes. `all` also drops every cache record no live lease holds; `keep_storage` drops cache
+    /// Removes blobs and snapshots nothing keeps, leases of dead processes, temp leftovers of dead
+    /// processes and the stat indexes of contexts that are gone. `all` also drops every cache record no live
+    /// lease holds, every cache mount no step uses and every context index; `keep_storage` drops cache
     /// records, least recently used first, until what stays fits in that many bytes (images and leased
     /// content are never dropped, so it may stay above).
     ///
@@ -600,8 +634,72 @@ impl Store {
         for t in &trash {
             remove_any(t)?;
         }
+        if all {
+            self.prune_cache_mounts(&mut report)?;
+        }
+        self.prune_context_indexes(all, &mut report)?;
         report.temp_entries = self.remove_stale_temp()?;
         Ok(report)
+    }
+
+    /// Removes every cache mount no step uses: the record first, then the directory, so a crash in between
+    /// leaves a directory without a record, which the next use adopts and `check` reports.
+    fn prune_cache_mounts(&self, report: &mut PruneReport) -> Result<()> {
+        let mounts: Vec<String> = self
+            .inventory()?
+            .db
+            .cache_mounts
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let dir = self.cache_mounts_dir();
+        let mut names: BTreeSet<String> = mounts.into_iter().collect();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                names.insert(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        for name in names {
+            let Some(_claimed) = self.claim_cache_mount(&name)? else {
+                continue;
+            };
+            let record = self.write(|txn| {
+                let mut t = txn.open_table(CACHE_MOUNTS)?;
+                let old: Option<CacheMountRecord> = get_json(&t, "cache mount", &name)?;
+                t.remove(name.as_str())?;
+                Ok(old)
+            })?;
+            let path = dir.join(&name);
+            if let Some(trash) = self.trash_if_present(&path)? {
+                report.bytes_freed += tree_size(&trash);
+                remove_any(&trash)?;
+            }
+            report.cache_mounts.push(record.map_or(name, |r| r.id));
+        }
+        Ok(())
+    }
+
+    /// Removes the stat indexes of context directories that no longer exist (all with `all`) and those that
+    /// cannot be read: they only ever save work, so losing one costs one full read of a context.
+    fn prune_context_indexes(&self, all: bool, report: &mut PruneReport) -> Result<()> {
+        let dir = self.context_index_dir();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let keep = !all
+                && std::fs::read(&path)
+                    .ok()
+                    .and_then(|bytes| context_index::inspect(&bytes).ok())
+                    .is_some_and(|root| std::path::Path::new(std::ffi::OsStr::from_bytes(&root)).is_dir());
+            if !keep {
+                report.bytes_freed += entry.metadata().map_or(0, |m| m.len());
+                remove_any(&path)?;
+                report.context_indexes += 1;
+            }
+        }
+        Ok(())
     }
 
     fn trash_if_present(&self, path: &std::path::Path) -> Result<Option<PathBuf>> {
@@ -656,7 +754,7 @@ pub(crate) fn remove_any(path: &std::path::Path) -> Result<()> {
 }
 
 /// Bytes of regular files under `path` (for directories the database has no size for).
-fn tree_size(path: &std::path::Path) -> u64 {
+pub(crate) fn tree_size(path: &std::path::Path) -> u64 {
     walkdir::WalkDir::new(path)
         .into_iter()
         .filter_map(|e| e.ok())

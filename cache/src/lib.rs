@@ -9,6 +9,8 @@
 //!                           build step's upperdir (id = `build-<random>`, see [`Store::commit_snapshot`])
 //! ROOT/db.redb              records (see [`ImageRecord`], [`BlobMeta`], [`SnapshotRecord`], [`Lease`],
 //!                           [`CacheRecord`])
+//! ROOT/cache-mounts/<hex>   `RUN --mount=type=cache` directories, by the sha256 of their id
+//! ROOT/context-index/       stat indexes of build contexts (see [`context_index`])
 //! ROOT/tmp/                 work in progress (blob writes, unpacks, prepared upperdirs), named after the
 //!                           process that owns it
 //! ROOT/locks/               flock files
@@ -30,7 +32,9 @@
 //! The API is synchronous and `std::fs` based; async callers wrap calls in `spawn_blocking`.
 
 mod blob;
+mod cache_mount;
 mod check;
+pub mod context_index;
 mod digest;
 mod error;
 mod fsutil;
@@ -42,14 +46,15 @@ mod unpack;
 use std::path::{Path, PathBuf};
 
 pub use blob::{BlobInfo, BlobWriter};
+pub use cache_mount::{CacheMount, MountOwner, MountSharing};
 pub use check::{CheckReport, Finding};
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use fsutil::{Holder, LockGuard, temp_name};
-pub use gc::{CacheRecordUsage, DiskUsage, ImageUsage, PruneReport, SnapshotUsage};
+pub use gc::{CacheMountUsage, CacheRecordUsage, DiskUsage, ImageUsage, PruneReport, SnapshotUsage};
 pub use meta::{
-    BlobMeta, CacheRecord, ImageRecord, Lease, LeaseId, LeaseResource, Platform, SnapshotId, SnapshotRecord,
-    TarDiffId,
+    BlobMeta, CacheMountRecord, CacheRecord, ImageRecord, Lease, LeaseId, LeaseResource, Platform,
+    SnapshotId, SnapshotRecord, TarDiffId,
 };
 pub use snapshot::PreparedSnapshot;
 pub use unpack::Compression;

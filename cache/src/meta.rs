@@ -34,6 +34,8 @@ const SNAPSHOT_BY_DIFF: TableDefinition<'static, &'static str, &'static str> =
 const LEASES: JsonTable = TableDefinition::new("leases");
 /// Cache key → [`CacheRecord`].
 const CACHE_RECORDS: JsonTable = TableDefinition::new("cache_records");
+/// Directory name under ROOT/cache-mounts → [`CacheMountRecord`].
+pub(crate) const CACHE_MOUNTS: JsonTable = TableDefinition::new("cache_mounts");
 
 /// What a name (tag) points at.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +202,14 @@ pub struct CacheRecord {
     pub last_used: u64,
 }
 
+/// A `RUN --mount=type=cache` directory: which id it is, and when it was last used (for prune).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheMountRecord {
+    pub id: String,
+    pub created: u64,
+    pub last_used: u64,
+}
+
 /// Something a lease keeps alive.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -252,7 +262,7 @@ from_redb!(
 
 pub(crate) type TxResult<T> = std::result::Result<T, TxError>;
 
-fn get_json<T: DeserializeOwned>(
+pub(crate) fn get_json<T: DeserializeOwned>(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     what: &str,
     key: &str,
@@ -270,7 +280,7 @@ fn decode<T: DeserializeOwned>(what: &str, key: &str, bytes: &[u8]) -> Result<T>
     })
 }
 
-fn put_json<T: Serialize>(
+pub(crate) fn put_json<T: Serialize>(
     table: &mut redb::Table<&'static str, &'static [u8]>,
     what: &str,
     key: &str,
@@ -333,6 +343,7 @@ pub(crate) struct DbDump {
     pub snapshot_by_diff: Vec<(String, String)>,
     pub leases: Vec<(String, Lease)>,
     pub cache_records: Vec<(String, CacheRecord)>,
+    pub cache_mounts: Vec<(String, CacheMountRecord)>,
 }
 
 impl Store {
@@ -402,7 +413,7 @@ impl Store {
     /// Creates every table, so that read transactions never meet a missing one.
     pub(crate) fn init_db(&self) -> Result<()> {
         self.write(|txn| {
-            for def in [IMAGES, BLOB_META, SNAPSHOTS, LEASES, CACHE_RECORDS] {
+            for def in [IMAGES, BLOB_META, SNAPSHOTS, LEASES, CACHE_RECORDS, CACHE_MOUNTS] {
                 txn.open_table(def)?;
             }
             txn.open_table(SNAPSHOT_BY_DIFF)?;
@@ -604,6 +615,7 @@ impl Store {
                 snapshot_by_diff: pairs(SNAPSHOT_BY_DIFF)?,
                 leases: all_json(&txn.open_table(LEASES)?, "lease")?,
                 cache_records: all_json(&txn.open_table(CACHE_RECORDS)?, "cache record")?,
+                cache_mounts: all_json(&txn.open_table(CACHE_MOUNTS)?, "cache mount")?,
             })
         })
     }

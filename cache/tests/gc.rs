@@ -353,3 +353,68 @@ fn dead_pid() -> u32 {
     child.wait().expect("wait");
     pid
 }
+
+#[test]
+fn cache_mounts_are_a_store_area_du_counts_and_prune_all_frees_unless_in_use() {
+    use kiln_cache::MountSharing;
+    let env = Env::new();
+    let s = &env.store;
+    let held = s
+        .cache_mount("/root/.cache", MountSharing::Shared, None)
+        .expect("cache mount");
+    std::fs::write(held.path.join("pkg"), vec![7u8; 4096]).expect("write into the mount");
+    let other = s
+        .cache_mount("apt", MountSharing::Exclusive, Some((1000, 1000, 0o700)))
+        .expect("cache mount");
+    let meta = std::fs::metadata(&other.path).expect("stat");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (1000, 1000, 0o700)
+    );
+    drop(other);
+
+    let usage = s.du().expect("du");
+    let ids: Vec<(&str, bool)> = usage
+        .cache_mounts
+        .iter()
+        .map(|m| (m.id.as_str(), m.in_use))
+        .collect();
+    assert!(
+        ids.contains(&("/root/.cache", true)) && ids.contains(&("apt", false)),
+        "{ids:?}"
+    );
+    assert!(usage.cache_mounts_bytes >= 4096);
+
+    // A plain prune keeps cache mounts; --all drops those no step holds.
+    assert!(s.prune(false, None).expect("prune").cache_mounts.is_empty());
+    let report = s.prune(true, None).expect("prune --all");
+    assert_eq!(report.cache_mounts, vec!["apt".to_string()]);
+    assert!(held.path.join("pkg").is_file(), "a mount in use stays");
+    drop(held);
+    let report = s.prune(true, None).expect("prune --all");
+    assert_eq!(report.cache_mounts, vec!["/root/.cache".to_string()]);
+    assert!(s.du().expect("du").cache_mounts.is_empty());
+    assert!(s.check().expect("check").warnings.is_empty());
+}
+
+#[test]
+fn context_indexes_are_a_store_area_check_verifies_and_prune_frees() {
+    let env = Env::new();
+    let s = &env.store;
+    let dir = s.context_index_dir();
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("broken.idx"), b"not an index").expect("write");
+    let report = s.check().expect("check");
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.subject == "context-index/broken.idx"),
+        "{:?}",
+        report.warnings
+    );
+    assert!(s.du().expect("du").context_index_bytes > 0);
+    assert_eq!(s.prune(false, None).expect("prune").context_indexes, 1);
+    assert!(s.check().expect("check").warnings.is_empty());
+}

@@ -14,7 +14,7 @@ use crate::overlay::{self, MountedTree};
 use crate::progress::{Event, EventSender, Stream};
 use crate::sandbox::{self, Network, OutputStream, Sandbox, SandboxMount, SandboxSpec};
 use futures::future::{BoxFuture, FutureExt, try_join_all};
-use kiln_cache::{CacheRecord, PreparedSnapshot, SnapshotId, Store};
+use kiln_cache::{CacheRecord, MountSharing, PreparedSnapshot, SnapshotId, Store};
 use kiln_fsutil::ignore::PatternMatcher;
 use kiln_fsutil::root::resolve_in_root;
 use kiln_llb::{
@@ -378,7 +378,7 @@ impl Inner {
         cell.get_or_init(|| async {
             let dir = self.local_dir(name)?;
             let ignore = self.ignore_matcher(name)?;
-            let index_dir = self.store.root().join("context-index");
+            let index_dir = self.store.context_index_dir();
             tokio::task::spawn_blocking(move || {
                 let matcher = match ignore {
                     Some(m) => (*m).clone(),
@@ -671,20 +671,26 @@ impl Inner {
                     });
                 }
                 MountKind::Cache { id, sharing } => {
-                    let dir = self.cache_mount_dir(id, mount.owner_mode)?;
-                    if matches!(
-                        sharing,
-                        kiln_llb::CacheSharing::Private | kiln_llb::CacheSharing::Locked
-                    ) {
-                        // Private and locked caches are used by one step at a time, across kiln processes too.
-                        let name = format!("cache-mount-{}", blake3::hash(id.as_bytes()).to_hex());
-                        locks.push(self.store.lock(&name).map_err(SolveError::other)?);
-                    }
+                    // Private and locked caches are used by one step at a time, across kiln processes too.
+                    let sharing = match sharing {
+                        kiln_llb::CacheSharing::Shared => MountSharing::Shared,
+                        kiln_llb::CacheSharing::Private | kiln_llb::CacheSharing::Locked => {
+                            MountSharing::Exclusive
+                        }
+                    };
+                    let store = self.store.clone();
+                    let (cache_id, owner) = (id.clone(), mount.owner_mode);
+                    let cache =
+                        tokio::task::spawn_blocking(move || store.cache_mount(&cache_id, sharing, owner))
+                            .await
+                            .map_err(SolveError::other)?
+                            .map_err(|e| self.step_error(idx, format!("cache mount {id:?}: {e}")))?;
                     mounts.push(SandboxMount::Bind {
-                        source: dir,
+                        source: cache.path.clone(),
                         dest: mount.dest.clone(),
                         readonly: mount.readonly,
                     });
+                    locks.push(cache);
                 }
                 MountKind::Tmpfs { size } => mounts.push(SandboxMount::Tmpfs {
                     dest: mount.dest.clone(),
@@ -778,26 +784,6 @@ impl Inner {
     /// A directory showing `layers` merged; writable views keep their writes in a throwaway upper dir.
     fn mount_view(&self, layers: &[LayerRef], writable: bool) -> Result<MountedTree, SolveError> {
         MountedTree::mount(&self.store, &self.snapshot_dirs(layers), writable).map_err(SolveError::other)
-    }
-
-    /// A persistent directory for `RUN --mount=type=cache`, shared by every build using the same id.
-    fn cache_mount_dir(&self, id: &str, owner_mode: Option<(u32, u32, u32)>) -> Result<PathBuf, SolveError> {
-        let dir = self
-            .store
-            .root()
-            .join("cache-mounts")
-            .join(blake3::hash(id.as_bytes()).to_hex().as_str());
-        if !dir.exists() {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| SolveError::other(format!("creating cache mount {id:?}: {e}")))?;
-            if let Some((uid, gid, mode)) = owner_mode {
-                use std::os::unix::fs::PermissionsExt;
-                std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-                    .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)))
-                    .map_err(|e| SolveError::other(format!("preparing cache mount {id:?}: {e}")))?;
-            }
-        }
-        Ok(dir)
     }
 
     async fn run_file(

@@ -683,3 +683,20 @@ fn names_need_not_be_utf8() {
     assert_ne!(all(ctx.path()), before);
     assert_ne!(sel(&open(ctx.path()), &["*.txt"]), txt);
 }
+
+#[test]
+fn the_store_keeps_a_contexts_index_while_the_context_exists() {
+    let (ctx, root) = (tmp(), tmp());
+    let store = kiln_cache::Store::open(root.path()).expect("store");
+    aged_tree(ctx.path(), 3);
+    let h = open_indexed(ctx.path(), &store.context_index_dir());
+    h.hash_all().expect("hash all");
+    h.save_index().expect("save index");
+    let file = h.index_file().expect("index file").to_path_buf();
+    assert!(store.check().expect("check").warnings.is_empty());
+    assert_eq!(store.prune(false, None).expect("prune").context_indexes, 0);
+    assert!(file.is_file(), "the index of a context that exists stays");
+    drop(ctx);
+    assert_eq!(store.prune(false, None).expect("prune").context_indexes, 1);
+    assert!(!file.exists(), "the index of a context that is gone goes");
+}

@@ -37,6 +37,9 @@ pub fn prune(global: &GlobalArgs, args: PruneArgs) -> anyhow::Result<ExitCode> {
     for snapshot in &report.snapshots {
         println!("Deleted snapshot: {snapshot}");
     }
+    for id in &report.cache_mounts {
+        println!("Deleted cache mount: {id}");
+    }
     println!("Total reclaimed space: {}", human_size(report.bytes_freed));
     Ok(ExitCode::SUCCESS)
 }
@@ -76,13 +79,42 @@ pub fn du(global: &GlobalArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         }
         print_table(&records);
         println!();
+        let mut mounts = vec![vec![
+            "CACHE MOUNT".to_owned(),
+            "SIZE".into(),
+            "LAST USED".into(),
+            "IN USE".into(),
+        ]];
+        for mount in &usage.cache_mounts {
+            mounts.push(vec![
+                mount.id.clone(),
+                human_size(mount.size),
+                human_age(mount.last_used, now),
+                if mount.in_use { "yes".into() } else { "no".into() },
+            ]);
+        }
+        print_table(&mounts);
+        println!();
     }
-    let total = usage.blobs_bytes + usage.snapshots_bytes;
+    let total =
+        usage.blobs_bytes + usage.snapshots_bytes + usage.cache_mounts_bytes + usage.context_index_bytes;
     print_table(&[
         vec!["Images:".to_owned(), usage.images.len().to_string()],
         vec!["Cache records:".to_owned(), usage.cache_records.len().to_string()],
         vec!["Blobs:".to_owned(), human_size(usage.blobs_bytes)],
         vec!["Snapshots:".to_owned(), human_size(usage.snapshots_bytes)],
+        vec![
+            "Cache mounts:".to_owned(),
+            format!(
+                "{} ({})",
+                usage.cache_mounts.len(),
+                human_size(usage.cache_mounts_bytes)
+            ),
+        ],
+        vec![
+            "Context indexes:".to_owned(),
+            human_size(usage.context_index_bytes),
+        ],
         vec!["Reclaimable:".to_owned(), human_size(usage.reclaimable_bytes)],
         vec!["Total:".to_owned(), human_size(total)],
     ]);

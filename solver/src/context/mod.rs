@@ -38,7 +38,6 @@
 //! - Not hashed: xattrs, file flags, ACLs.
 
 mod encode;
-mod index;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -59,7 +58,7 @@ use rayon::prelude::*;
 use rustix::fs::OFlags;
 use rustix::io::Errno;
 
-use index::{Entry as IndexEntry, StatKey};
+use kiln_cache::context_index::{self as index, Entry as IndexEntry, StatKey};
 
 /// How far before a scan's start a timestamp still counts as racy. File timestamps come from a coarse
 /// clock (one tick, at most 10 ms on Linux local file systems) and FAT keeps mtimes to 2 s, so 2 s covers

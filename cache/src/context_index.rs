@@ -1,4 +1,7 @@
-//! The persisted stat index: context-relative path → stat key → blake3 of the file's content.
+//! ROOT/context-index: the persisted stat indexes of build contexts (context-relative path → stat key →
+//! blake3 of the file's content), one file per context directory, so that an unchanged context is re-checked
+//! with stats alone. The store owns the area (du counts it, prune frees it, check verifies it); the context
+//! hasher (`kiln_solver::context`) decides what goes in.
 //!
 //! The file is a private cache, never an authority: it ends with a blake3 of everything before it, and any
 //! mismatch (wrong magic or version, another context, a truncated or corrupt file) makes the whole index be
@@ -18,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use kiln_fsutil::stat::{Meta, Ts};
 
+use crate::Store;
+
 const MAGIC: &[u8] = b"kiln-context-index\0";
 const VERSION: u32 = 1;
 /// The fixed part of one entry, to bound `count` before allocating for it.
@@ -25,7 +30,7 @@ const ENTRY_FIXED: usize = 4 + 8 * 3 + 12 * 2 + 4 * 3 + 32;
 
 /// The stat fields that, unchanged, let us reuse a content hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct StatKey {
+pub struct StatKey {
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
@@ -37,7 +42,7 @@ pub(super) struct StatKey {
 }
 
 impl StatKey {
-    pub(super) fn of(meta: &Meta) -> StatKey {
+    pub fn of(meta: &Meta) -> StatKey {
         StatKey {
             dev: meta.dev,
             ino: meta.ino,
@@ -52,18 +57,18 @@ impl StatKey {
 
     /// git's racy-clean rule: a file changed at or after `reference` may change again within the same
     /// timestamp granule without its stat showing it, so its recorded hash cannot be trusted later.
-    pub(super) fn is_racy(&self, reference: Ts) -> bool {
+    pub fn is_racy(&self, reference: Ts) -> bool {
         self.mtime >= reference || self.ctime >= reference
     }
 }
 
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Entry {
+pub struct Entry {
     pub key: StatKey,
     pub content: blake3::Hash,
 }
 
-pub(super) fn encode(root: &[u8], reference: Ts, entries: &[(&Vec<u8>, &Entry)]) -> Vec<u8> {
+pub fn encode(root: &[u8], reference: Ts, entries: &[(&Vec<u8>, &Entry)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + root.len() + entries.len() * (ENTRY_FIXED + 40));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -126,9 +131,37 @@ impl<'a> Reader<'a> {
     }
 }
 
+impl Store {
+    /// ROOT/context-index, where the context hasher keeps one index file per context directory.
+    pub fn context_index_dir(&self) -> std::path::PathBuf {
+        self.root().join("context-index")
+    }
+}
+
+/// Checks an index file as far as the store can without its context: its checksum, magic and version.
+/// Returns the context directory it belongs to; `Err` says why it cannot be trusted.
+pub fn inspect(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let body_len = bytes.len().checked_sub(32).ok_or("truncated")?;
+    let (body, sum) = bytes.split_at(body_len);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err("checksum mismatch (corrupt or truncated)".to_string());
+    }
+    let mut r = Reader(body);
+    if r.take(MAGIC.len())? != MAGIC {
+        return Err("not a context index".to_string());
+    }
+    let version = r.u32()?;
+    if version != VERSION {
+        return Err(format!("index version {version}, expected {VERSION}"));
+    }
+    r.ts()?;
+    let root_len = usize::try_from(r.u64()?).map_err(|_| "bad root length")?;
+    Ok(r.take(root_len)?.to_vec())
+}
+
 /// Parses and checks an index file; `Err` says why it is not to be trusted. Racily clean entries (see
 /// [`StatKey::is_racy`]) are dropped here, so they are re-read on the next hash.
-pub(super) fn decode(bytes: &[u8], root: &[u8]) -> Result<HashMap<Vec<u8>, Entry>, String> {
+pub fn decode(bytes: &[u8], root: &[u8]) -> Result<HashMap<Vec<u8>, Entry>, String> {
     let body_len = bytes.len().checked_sub(32).ok_or("truncated")?;
     let (body, sum) = bytes.split_at(body_len);
     if blake3::hash(body).as_bytes() != sum {
@@ -178,7 +211,7 @@ pub(super) fn decode(bytes: &[u8], root: &[u8]) -> Result<HashMap<Vec<u8>, Entry
 
 /// Writes `bytes` to `path` so that readers see the old file or the whole new one, even across a crash:
 /// a temporary file in the same directory, fsync, rename, fsync of the directory.
-pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let name = path
