@@ -141,27 +141,11 @@ impl Store {
 /// Checks an index file as far as the store can without its context: its checksum, magic and version.
 /// Returns the context directory it belongs to; `Err` says why it cannot be trusted.
 pub fn inspect(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let body_len = bytes.len().checked_sub(32).ok_or("truncated")?;
-    let (body, sum) = bytes.split_at(body_len);
-    if blake3::hash(body).as_bytes() != sum {
-        return Err("checksum mismatch (corrupt or truncated)".to_string());
-    }
-    let mut r = Reader(body);
-    if r.take(MAGIC.len())? != MAGIC {
-        return Err("not a context index".to_string());
-    }
-    let version = r.u32()?;
-    if version != VERSION {
-        return Err(format!("index version {version}, expected {VERSION}"));
-    }
-    r.ts()?;
-    let root_len = usize::try_from(r.u64()?).map_err(|_| "bad root length")?;
-    Ok(r.take(root_len)?.to_vec())
+    header(bytes).map(|(_, _, root)| root.to_vec())
 }
 
-/// Parses and checks an index file; `Err` says why it is not to be trusted. Racily clean entries (see
-/// [`StatKey::is_racy`]) are dropped here, so they are re-read on the next hash.
-pub fn decode(bytes: &[u8], root: &[u8]) -> Result<HashMap<Vec<u8>, Entry>, String> {
+/// The checked header: a reader of the entries, the racy-clean reference and the context directory.
+fn header(bytes: &[u8]) -> Result<(Reader<'_>, Ts, &[u8]), String> {
     let body_len = bytes.len().checked_sub(32).ok_or("truncated")?;
     let (body, sum) = bytes.split_at(body_len);
     if blake3::hash(body).as_bytes() != sum {
@@ -177,7 +161,15 @@ pub fn decode(bytes: &[u8], root: &[u8]) -> Result<HashMap<Vec<u8>, Entry>, Stri
     }
     let reference = r.ts()?;
     let root_len = usize::try_from(r.u64()?).map_err(|_| "bad root length")?;
-    if r.take(root_len)? != root {
+    let root = r.take(root_len)?;
+    Ok((r, reference, root))
+}
+
+/// Parses and checks an index file; `Err` says why it is not to be trusted. Racily clean entries (see
+/// [`StatKey::is_racy`]) are dropped here, so they are re-read on the next hash.
+pub fn decode(bytes: &[u8], root: &[u8]) -> Result<HashMap<Vec<u8>, Entry>, String> {
+    let (mut r, reference, indexed_root) = header(bytes)?;
+    if indexed_root != root {
         return Err("index belongs to another context directory".to_string());
     }
     let count = usize::try_from(r.u64()?).map_err(|_| "bad entry count")?;
