@@ -11,9 +11,9 @@ fn main() -> ExitCode {
     // The sandbox helper is this binary re-executed; it must start single-threaded, before anything else.
     if std::env::args_os()
         .nth(1)
-        .is_some_and(|a| a == kiln_solver::sandbox::SANDBOX_ARG)
+        .is_some_and(|a| a == kiln_sandbox::SANDBOX_ARG)
     {
-        kiln_solver::sandbox::sandbox_main();
+        kiln_sandbox::sandbox_main();
     }
     private_mount_namespace();
     let cli = cli::Cli::parse();

@@ -114,6 +114,10 @@ impl Plain {
                 self.flush(id);
                 writeln!(err, "#{id} ERROR: {error} ({:.1}s)", duration.as_secs_f64())
             }
+            Event::Cancelled { id, duration } => {
+                self.flush(id);
+                writeln!(err, "#{id} CANCELED {:.1}s", duration.as_secs_f64())
+            }
         };
     }
 
@@ -191,6 +195,14 @@ impl Tty {
                     let _ = self
                         .bars
                         .println(format!("=> ERROR {name} {:.1}s: {error}", duration.as_secs_f64()));
+                }
+            }
+            Event::Cancelled { id, duration } => {
+                if let Some((bar, name)) = self.running.remove(&id) {
+                    bar.finish_and_clear();
+                    let _ = self
+                        .bars
+                        .println(format!("=> CANCELED {name} {:.1}s", duration.as_secs_f64()));
                 }
             }
         }

@@ -7,6 +7,10 @@ pub enum Error {
     #[error(transparent)]
     Image(#[from] kiln_image::Error),
 
+    /// Options that do not make sense; the message says what to write instead.
+    #[error("{0}")]
+    Usage(String),
+
     /// Stored content that is not what its record says (a manifest that does not parse, a missing layer).
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
@@ -19,6 +23,10 @@ pub enum Error {
 
     #[error("{context}: {error}")]
     Io { context: String, error: io::Error },
+
+    /// A step of an export (naming, pushing) failed; `what` says which.
+    #[error("{what}: {error}")]
+    During { what: String, error: Box<Error> },
 
     /// Writing a build output failed: `output` names its kind and destination, `error` why. The inner error
     /// is shown, not chained, so that the reason is printed once however the error is rendered.
@@ -39,6 +47,14 @@ impl Error {
     pub(crate) fn output(output: impl Into<String>, error: Error) -> Error {
         Error::Output {
             output: output.into(),
+            error: Box::new(error),
+        }
+    }
+
+    pub(crate) fn during(what: impl Into<String>) -> impl FnOnce(Error) -> Error {
+        let what = what.into();
+        move |error| Error::During {
+            what,
             error: Box::new(error),
         }
     }

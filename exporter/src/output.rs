@@ -9,7 +9,7 @@
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufWriter, IsTerminal, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -160,19 +160,13 @@ pub fn write_tar(
 }
 
 /// Writes a file output (what `write` writes): atomically to a path (a temporary beside it, synced, renamed
-/// over it; missing parent directories are created), or to standard output unless it is a terminal, which
-/// binary output would garble (buildx refuses it too).
+/// over it; missing parent directories are created), or to standard output. (Refusing binary output to a
+/// terminal is the CLI's business: it is the one that knows what standard output is.)
 pub fn write_stream(dest: &Dest, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     match dest {
         Dest::Path(path) => atomic::write_file(path, write),
         Dest::Stdout => {
             let stdout = io::stdout();
-            if stdout.is_terminal() {
-                return Err(Error::invalid(
-                    "standard output is a terminal",
-                    "redirect it, or give a file as the destination",
-                ));
-            }
             let mut out = BufWriter::new(stdout.lock());
             write(&mut out)?;
             out.flush().map_err(Error::io("write to standard output"))

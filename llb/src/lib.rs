@@ -15,6 +15,8 @@ pub use digest::{Digest, StableHash, StableHasher};
 pub use op::*;
 pub use platform::{Platform, PlatformError};
 
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::{Dfs, Reversed};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -103,27 +105,40 @@ impl Definition {
         self.vertices.iter().find(|v| &v.digest == digest)
     }
 
-    /// Drops every vertex the root does not depend on.
+    /// The definition as a graph: one node per vertex (its index in `vertices`), an edge from each input to
+    /// the vertex that reads it. Inputs that are not in the definition are left out.
+    pub fn graph(&self) -> (DiGraph<usize, ()>, HashMap<Digest, NodeIndex>) {
+        let mut graph = DiGraph::with_capacity(self.vertices.len(), self.vertices.len());
+        let nodes: HashMap<Digest, NodeIndex> = self
+            .vertices
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.digest, graph.add_node(i)))
+            .collect();
+        for v in &self.vertices {
+            for input in &v.inputs {
+                if let Some(&from) = nodes.get(&input.vertex) {
+                    graph.add_edge(from, nodes[&v.digest], ());
+                }
+            }
+        }
+        (graph, nodes)
+    }
+
+    /// Drops every vertex the root does not depend on: what is not reachable from the root against the
+    /// edges.
     pub fn prune(&mut self) {
         let Some(root) = self.root else {
             self.vertices.clear();
             return;
         };
-        let index: HashMap<Digest, usize> = self
-            .vertices
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (v.digest, i))
-            .collect();
+        let (graph, nodes) = self.graph();
         let mut needed = vec![false; self.vertices.len()];
-        let mut stack = vec![root.vertex];
-        while let Some(digest) = stack.pop() {
-            let Some(&i) = index.get(&digest) else {
-                continue;
-            };
-            if !needed[i] {
-                needed[i] = true;
-                stack.extend(self.vertices[i].inputs.iter().map(|input| input.vertex));
+        if let Some(&start) = nodes.get(&root.vertex) {
+            let reversed = Reversed(&graph);
+            let mut walk = Dfs::new(reversed, start);
+            while let Some(node) = walk.next(reversed) {
+                needed[graph[node]] = true;
             }
         }
         let mut keep = needed.into_iter();
@@ -132,8 +147,10 @@ impl Definition {
 
     /// Graphviz rendering for `kiln debug llb --format dot`.
     pub fn to_dot(&self) -> String {
+        let (graph, _) = self.graph();
         let mut out = String::from("digraph llb {\n  rankdir=BT;\n  node [shape=box, fontname=monospace];\n");
-        for v in &self.vertices {
+        for node in graph.node_indices() {
+            let v = &self.vertices[graph[node]];
             let label = if v.meta.description.is_empty() {
                 v.op.kind()
             } else {
@@ -145,8 +162,11 @@ impl Definition {
                 escape_dot(label),
                 v.digest.short()
             ));
-            for input in &v.inputs {
-                out.push_str(&format!("  \"{}\" -> \"{}\";\n", input.vertex, v.digest));
+        }
+        for edge in graph.edge_indices() {
+            if let Some((from, to)) = graph.edge_endpoints(edge) {
+                let (from, to) = (&self.vertices[graph[from]], &self.vertices[graph[to]]);
+                out.push_str(&format!("  \"{}\" -> \"{}\";\n", from.digest, to.digest));
             }
         }
         out.push_str("}\n");

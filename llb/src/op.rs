@@ -72,6 +72,20 @@ pub enum Source {
     Scratch,
 }
 
+impl Source {
+    /// The kind of content, which names the solver's source that provides it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Image { .. } => "image",
+            Source::Local { .. } => "local",
+            Source::Http { .. } => "http",
+            Source::Git { .. } => "git",
+            Source::OciLayout { .. } => "oci-layout",
+            Source::Scratch => "scratch",
+        }
+    }
+}
+
 impl StableHash for Source {
     fn stable_hash(&self, h: &mut StableHasher) {
         match self {

@@ -1,11 +1,18 @@
-//! The solver: turns an LLB definition into results. It schedules the graph in parallel, computes cache keys
-//! (op digest + input keys + content hashes of exactly the files an op reads), deduplicates identical vertices,
-//! and runs ops — RUN in a Linux sandbox, file operations in-process.
-pub mod base;
+//! The solver: turns an LLB graph into results. It schedules the graph in parallel, computes cache keys (op
+//! digest + input keys + content hashes of exactly the files an op reads), deduplicates identical vertices,
+//! and runs ops through interfaces: [`source::Source`]s provide content, an [`executor::Executor`] runs RUN
+//! commands (the namespace sandbox lives in `kiln-sandbox`), file operations run in-process ([`fileop`]).
+//! It knows nothing of Dockerfiles or of what becomes of its results.
+
 pub mod context;
+mod error;
+pub mod executor;
 pub mod fileop;
-pub mod http;
+mod graph;
+mod ops;
 pub mod overlay;
 pub mod progress;
-pub mod sandbox;
 pub mod solve;
+pub mod source;
+
+pub use error::{SolveError, StepFailure};

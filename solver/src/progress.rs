@@ -37,6 +37,11 @@ pub enum Event {
         duration: Duration,
         error: String,
     },
+    /// A step stopped because the build was cancelled (another step failed, or the caller cancelled).
+    Cancelled {
+        id: usize,
+        duration: Duration,
+    },
 }
 
 /// Where the solver sends events. Sending never blocks the solver: a renderer that falls behind drops nothing,

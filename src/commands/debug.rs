@@ -3,7 +3,7 @@
 use super::dockerfile;
 use crate::cli::{DebugCommand, GraphFormat};
 use anyhow::bail;
-use kiln_frontend::{convert, parser};
+use kiln_frontend::parser;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -25,15 +25,8 @@ pub fn run(command: DebugCommand) -> anyhow::Result<ExitCode> {
             dockerfile: args,
             format,
         } => {
-            let path = dockerfile::dockerfile_path(&args);
-            let loaded = dockerfile::load(&path)?;
-            let mut definitions = Vec::new();
-            for platform in dockerfile::platforms(&args)? {
-                let opts = dockerfile::convert_options(&args, &path, &platform)?;
-                let converted = convert::convert(&loaded.ast, &opts, None)
-                    .map_err(|d| dockerfile::located(d, &loaded.display_name))?;
-                definitions.push(converted.definition);
-            }
+            let req = dockerfile::request(&args)?;
+            let definitions = super::images::runtime()?.block_on(kiln_build::definitions(&req))?;
             let mut out = std::io::stdout().lock();
             for definition in &definitions {
                 match format {

@@ -5,7 +5,6 @@ mod build;
 mod debug;
 mod dockerfile;
 mod images;
-mod output;
 mod run;
 mod storage;
 mod transfer;

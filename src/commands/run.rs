@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use kiln_image as images;
 use kiln_llb::Platform;
 use kiln_registry::Reference;
-use kiln_solver::sandbox::{Network, Sandbox, SandboxSpec};
+use kiln_sandbox::{ExecSpec, Network, Sandbox};
 use std::process::ExitCode;
 
 pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -33,7 +33,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         let info = kiln_image::config::parse(&image.config, &format!("image {}", args.image))?;
         let snapshots = images::materialize(&leased, &image)?;
         if platform != Platform::host() {
-            kiln_solver::sandbox::check_emulation(&platform.architecture)?;
+            kiln_sandbox::check_emulation(&platform.architecture)?;
         }
         let config = info.config;
         let mut command = config.entrypoint.clone().unwrap_or_default();
@@ -65,7 +65,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             other => bail!("unsupported --network {other:?}: use host or none"),
         };
         let prepared = leased.prepare_snapshot()?;
-        let spec = SandboxSpec {
+        let spec = ExecSpec {
             lower_dirs: kiln_solver::overlay::lower_dirs(snapshots.iter().map(|s| leased.snapshot_path(s))),
             upper_dir: prepared.upper.clone(),
             work_dir: prepared.work.clone(),
@@ -75,7 +75,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             user: args.user.clone().unwrap_or(config.user.clone()),
             network,
             init: false,
-            ..SandboxSpec::default()
+            ..ExecSpec::default()
         };
         // Ctrl-C belongs to the command in the sandbox; kiln must outlive it to clean up.
         let _ignore = IgnoreInterrupts::new();

@@ -1,11 +1,20 @@
 //! `-o/--output` in buildx's syntax: `type=image|oci|docker|local|tar` with comma-separated options, or the
-//! shorthands `-o DIR` (type=local) and `-o -` (type=tar to stdout).
+//! shorthands `-o DIR` (type=local) and `-o -` (type=tar to stdout). A new output kind is a [`Kind`], its
+//! options here, and its [`Exporter`](crate::Exporter) in `exporters.rs`.
 
-use anyhow::{Context, bail};
 use kiln_cache::Compression;
-use kiln_exporter::output::Dest;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::output::Dest;
+
+/// Fails the parse of `raw`: `reason` says what is wrong and what to write instead.
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err(Error::Usage(format!($($arg)*)))
+    };
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -63,7 +72,7 @@ impl Output {
 }
 
 /// Parses one `-o` value.
-pub fn parse(raw: &str) -> anyhow::Result<Output> {
+pub fn parse(raw: &str) -> Result<Output> {
     if raw == "-" {
         return Ok(Output {
             kind: Kind::Tar { dest: Dest::Stdout },
@@ -89,7 +98,7 @@ pub fn parse(raw: &str) -> anyhow::Result<Output> {
     }
     let kind_name = fields.remove("type").unwrap_or_else(|| "local".to_string());
     let dest = fields.remove("dest");
-    let flag = |fields: &mut BTreeMap<String, String>, key: &str| -> anyhow::Result<Option<bool>> {
+    let flag = |fields: &mut BTreeMap<String, String>, key: &str| -> Result<Option<bool>> {
         match fields.remove(key).as_deref() {
             None => Ok(None),
             Some("true") | Some("1") => Ok(Some(true)),
@@ -97,7 +106,7 @@ pub fn parse(raw: &str) -> anyhow::Result<Output> {
             Some(other) => bail!("invalid --output {raw:?}: {key}={other} (use true or false)"),
         }
     };
-    let file_dest = |dest: Option<String>| -> anyhow::Result<Dest> {
+    let file_dest = |dest: Option<String>| -> Result<Dest> {
         match dest.as_deref() {
             None => bail!("--output type={kind_name} needs dest=FILE (or dest=- for stdout)"),
             Some("-") => Ok(Dest::Stdout),
@@ -158,11 +167,10 @@ pub fn parse(raw: &str) -> anyhow::Result<Output> {
         });
     }
     if let Some(level) = fields.remove("compression-level") {
-        output.compression_level = Some(
-            level
-                .parse()
-                .with_context(|| format!("invalid compression-level {level:?}: use a number"))?,
-        );
+        match level.parse() {
+            Ok(level) => output.compression_level = Some(level),
+            Err(_) => bail!("invalid compression-level {level:?}: use a number"),
+        }
     }
     output.force_compression = flag(&mut fields, "force-compression")?.unwrap_or(false);
     output.oci_mediatypes = flag(&mut fields, "oci-mediatypes")?;
@@ -195,7 +203,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buildx_forms() -> anyhow::Result<()> {
+    fn buildx_forms() -> Result<()> {
         assert_eq!(parse("out")?.kind, Kind::Local { dest: "out".into() });
         assert_eq!(parse("-")?.kind, Kind::Tar { dest: Dest::Stdout });
         assert_eq!(parse("type=tar,dest=-")?.kind, Kind::Tar { dest: Dest::Stdout });

@@ -1,5 +1,5 @@
 //! PID 1 of the sandbox's pid namespace: builds the container's filesystem and `pivot_root`s into it. Then it
-//! either becomes the command itself (as in `docker build`), or, with `SandboxSpec::init`, starts the command
+//! either becomes the command itself (as in `docker build`), or, with `ExecSpec::init`, starts the command
 //! and reaps zombies and forwards signals until it exits (tini-style). When PID 1 exits, the kernel kills
 //! whatever the command left behind in the namespace.
 
@@ -17,7 +17,7 @@ use super::protocol::{self, ChildError, HelperRequest, Report};
 use super::rootpath::{self, Create, Kind, StubRecorder};
 use super::sys::{self, Forked, SignalSet};
 use super::user::{self, ExecUser};
-use super::{SandboxMount, SandboxSpec};
+use super::{ExecMount, ExecSpec};
 use kiln_fsutil::mount::describe_errno;
 use kiln_fsutil::mount::{self as mounts, FsContext};
 
@@ -290,12 +290,12 @@ fn mount_sys(root: BorrowedFd<'_>, stubs: &mut StubRecorder) -> Result<(), Child
 
 fn mount_extra(
     req: &HelperRequest,
-    mount: &SandboxMount,
+    mount: &ExecMount,
     root: BorrowedFd<'_>,
     stubs: &mut StubRecorder,
 ) -> Result<(), ChildError> {
     match mount {
-        SandboxMount::Bind {
+        ExecMount::Bind {
             source,
             dest,
             readonly,
@@ -307,14 +307,26 @@ fn mount_extra(
             let tree = mounts::bind(source, true, *readonly, &what)?;
             Ok(mounts::attach(&tree, target.as_fd(), &what)?)
         }
-        SandboxMount::Tmpfs { dest, size } => {
+        ExecMount::Tmpfs { dest, size } => {
             let what = format!("mounting a tmpfs at {dest}");
             let target = mount_point(root, dest, Kind::Dir, stubs)?;
             let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
             let tmpfs = mounts::tmpfs("1777", *size, attrs, &what)?;
             Ok(mounts::attach(&tmpfs, target.as_fd(), &what)?)
         }
-        SandboxMount::Overlay {
+        ExecMount::File {
+            dest,
+            contents,
+            uid,
+            gid,
+            mode,
+        } => {
+            let what = format!("mounting a secret at {dest}");
+            let target = mount_point(root, dest, Kind::File, stubs)?;
+            let file = private_file(&contents.0, (*uid, *gid, *mode), &what)?;
+            Ok(mounts::attach(&file, target.as_fd(), &what)?)
+        }
+        ExecMount::Overlay {
             lower_dirs,
             upper_dir,
             work_dir,
@@ -326,6 +338,46 @@ fn mount_extra(
             Ok(mounts::attach(&overlay, target.as_fd(), &what)?)
         }
     }
+}
+
+/// A read-only mount of one file holding `contents`, made in a tmpfs that only this sandbox's mount namespace
+/// ever sees: a secret reaches the command without touching a disk or a path on the host.
+fn private_file(
+    contents: &[u8],
+    (uid, gid, mode): (u32, u32, u32),
+    what: &str,
+) -> Result<OwnedFd, ChildError> {
+    let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID
+        | MountAttrFlags::MOUNT_ATTR_NODEV
+        | MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    let size = (contents.len() as u64).max(4096) * 2;
+    let tmpfs = mounts::tmpfs("700", Some(size), attrs, what)?;
+    let fail = |e: Errno| ChildError::errno(what, e);
+    let fd = rustix::fs::openat(
+        &tmpfs,
+        "file",
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(fail)?;
+    let mut rest = contents;
+    while !rest.is_empty() {
+        match rustix::io::write(&fd, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    rustix::fs::fchown(
+        &fd,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )
+    .map_err(fail)?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(fail)?;
+    drop(fd);
+    let file = mounts::bind_at(tmpfs.as_fd(), Path::new("file"), false, true, what)?;
+    Ok(file)
 }
 
 /// `pivot_root(".", ".")` stacks the old root under the new one, so no directory for it is needed in the
@@ -340,7 +392,7 @@ fn enter_rootfs(rootfs: &Path) -> Result<(), ChildError> {
 }
 
 impl Prepared {
-    fn new(spec: &SandboxSpec, user: ExecUser) -> Result<Self, ChildError> {
+    fn new(spec: &ExecSpec, user: ExecUser) -> Result<Self, ChildError> {
         let c = |s: &str, what: &str| {
             CString::new(s).map_err(|_| ChildError::InvalidSpec(format!("{what} contains a NUL byte: {s:?}")))
         };

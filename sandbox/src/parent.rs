@@ -18,14 +18,19 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::{Errno, FdFlags};
 use rustix::pipe::PipeFlags;
 
+use kiln_solver::executor::Cancel;
+
 use super::protocol::{HelperRequest, Report, Stub, StubKind};
 use super::rootpath;
-use super::{
-    Network, OutputStream, RunStatus, SANDBOX_ARG, Sandbox, SandboxError, SandboxMount, SandboxSpec,
-};
+use super::{ExecMount, ExecSpec, Network, OutputStream, RunStatus, SANDBOX_ARG, Sandbox, SandboxError};
 
 /// What `docker build` calls the RUN container; Dockerfiles that look at their hostname see the same.
 const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
+/// How often a quiet command is checked for a cancelled build.
+const CANCEL_CHECK: rustix::event::Timespec = rustix::event::Timespec {
+    tv_sec: 0,
+    tv_nsec: 200_000_000,
+};
 /// How long to wait for the status pipe to close once the helper has exited. Every holder is dead by then, so
 /// this only guards against a bug leaving kiln hanging.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,11 +40,21 @@ impl Sandbox {
     /// stdin is /dev/null and the sandbox has no controlling terminal.
     pub fn run(
         &self,
-        spec: &SandboxSpec,
+        spec: &ExecSpec,
+        output: &mut dyn FnMut(OutputStream, &[u8]),
+    ) -> Result<RunStatus, SandboxError> {
+        self.run_cancellable(spec, &Cancel::default(), output)
+    }
+
+    /// [`Sandbox::run`], killing the sandbox (and returning [`SandboxError::Cancelled`]) once `cancel` is set.
+    pub fn run_cancellable(
+        &self,
+        spec: &ExecSpec,
+        cancel: &Cancel,
         output: &mut dyn FnMut(OutputStream, &[u8]),
     ) -> Result<RunStatus, SandboxError> {
         let mut session = Session::start(self, spec, false)?;
-        let streamed = session.stream(output);
+        let streamed = session.stream(cancel, output);
         if streamed.is_err() {
             // Nobody is listening any more; do not wait for the command to end on its own.
             let _ = session.child.kill();
@@ -52,7 +67,7 @@ impl Sandbox {
     /// Runs with kiln's stdin, stdout and stderr (and terminal), for `kiln run`. Returns the exit code (128 +
     /// signal if the command was killed). While it runs, the terminal's Ctrl-C reaches the command directly;
     /// kiln itself should ignore SIGINT meanwhile or it dies first and takes the sandbox with it.
-    pub fn run_attached(&self, spec: &SandboxSpec) -> Result<i32, SandboxError> {
+    pub fn run_attached(&self, spec: &ExecSpec) -> Result<i32, SandboxError> {
         Session::start(self, spec, true)?.finish().map(|s| s.code)
     }
 }
@@ -67,7 +82,7 @@ struct Session {
 }
 
 impl Session {
-    fn start(sandbox: &Sandbox, spec: &SandboxSpec, attached: bool) -> Result<Self, SandboxError> {
+    fn start(sandbox: &Sandbox, spec: &ExecSpec, attached: bool) -> Result<Self, SandboxError> {
         validate(spec)?;
         let hostname = if spec.hostname.is_empty() {
             DEFAULT_HOSTNAME
@@ -123,7 +138,7 @@ impl Session {
         tracing::debug!(helper = %sandbox.helper().display(), args = ?spec.args, "starting sandbox");
         let mut child = cmd.spawn().map_err(|source| SandboxError::Spawn {
             helper: sandbox.helper().to_path_buf(),
-            source,
+            error: source,
         })?;
         drop(spec_r);
         drop(status_w);
@@ -142,7 +157,7 @@ impl Session {
                 let _ = child.wait();
                 return Err(SandboxError::Io {
                     context: "sending the request to the sandbox helper".into(),
-                    source: e,
+                    error: e,
                 });
             }
             _ => {}
@@ -158,7 +173,11 @@ impl Session {
 
     /// Passes output on until both streams are closed, which happens only when every process of the sandbox
     /// has exited.
-    fn stream(&mut self, output: &mut dyn FnMut(OutputStream, &[u8])) -> Result<(), SandboxError> {
+    fn stream(
+        &mut self,
+        cancel: &Cancel,
+        output: &mut dyn FnMut(OutputStream, &[u8]),
+    ) -> Result<(), SandboxError> {
         let mut streams: Vec<(OutputStream, OwnedFd)> = Vec::new();
         if let Some(out) = self.child.stdout.take() {
             streams.push((OutputStream::Stdout, out.into()));
@@ -172,9 +191,12 @@ impl Session {
                 .iter()
                 .map(|(_, fd)| PollFd::new(fd, PollFlags::IN | PollFlags::HUP))
                 .collect();
-            match rustix::event::poll(&mut fds, None) {
+            match rustix::event::poll(&mut fds, Some(&CANCEL_CHECK)) {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(e) => return Err(io_error("waiting for the command's output", e)),
+            }
+            if cancel.is_cancelled() {
+                return Err(SandboxError::Cancelled);
             }
             let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
             drop(fds);
@@ -200,7 +222,7 @@ impl Session {
     fn finish(mut self) -> Result<RunStatus, SandboxError> {
         let exit = self.child.wait().map_err(|e| SandboxError::Io {
             context: "waiting for the sandbox helper".into(),
-            source: e,
+            error: e,
         })?;
         self.waited = true;
         let bytes = match self.reports.recv_timeout(STATUS_TIMEOUT) {
@@ -208,7 +230,7 @@ impl Session {
             Ok(Err(e)) => {
                 return Err(SandboxError::Io {
                     context: "reading the sandbox's status pipe".into(),
-                    source: e,
+                    error: e,
                 });
             }
             Err(_) => {
@@ -258,7 +280,7 @@ impl Drop for Session {
 fn io_error(context: &str, e: Errno) -> SandboxError {
     SandboxError::Io {
         context: context.to_string(),
-        source: e.into(),
+        error: e.into(),
     }
 }
 
@@ -269,7 +291,7 @@ fn above_stdio(fd: OwnedFd, what: &str) -> Result<OwnedFd, SandboxError> {
     rustix::io::fcntl_dupfd_cloexec(&fd, 3).map_err(|e| io_error(what, e))
 }
 
-fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
+fn validate(spec: &ExecSpec) -> Result<(), SandboxError> {
     let invalid = |m: String| Err(SandboxError::InvalidSpec(m));
     if spec.args.is_empty() {
         return invalid("no command given".into());
@@ -298,9 +320,9 @@ fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
     }
     for mount in &spec.mounts {
         let (dest, sources): (&String, Vec<&PathBuf>) = match mount {
-            SandboxMount::Bind { source, dest, .. } => (dest, vec![source]),
-            SandboxMount::Tmpfs { dest, .. } => (dest, vec![]),
-            SandboxMount::Overlay {
+            ExecMount::Bind { source, dest, .. } => (dest, vec![source]),
+            ExecMount::Tmpfs { dest, .. } | ExecMount::File { dest, .. } => (dest, vec![]),
+            ExecMount::Overlay {
                 lower_dirs,
                 upper_dir,
                 work_dir,
@@ -387,7 +409,7 @@ impl ScratchDir {
                 Err(e) => {
                     return Err(SandboxError::Io {
                         context: format!("creating {}", dir.display()),
-                        source: e,
+                        error: e,
                     });
                 }
             }
@@ -401,7 +423,7 @@ impl ScratchDir {
             .create(&path)
             .map_err(|e| SandboxError::Io {
                 context: format!("creating {}", path.display()),
-                source: e,
+                error: e,
             })?;
         Ok(path)
     }
@@ -410,7 +432,7 @@ impl ScratchDir {
         let path = self.0.join(name);
         std::fs::write(&path, contents).map_err(|e| SandboxError::Io {
             context: format!("writing {}", path.display()),
-            source: e,
+            error: e,
         })?;
         Ok(path)
     }

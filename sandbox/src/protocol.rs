@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
-use super::{SandboxError, SandboxSpec};
+use super::{ExecSpec, SandboxError};
 
 /// Everything the helper needs; the generated files were written by kiln so the helper does no host I/O
 /// besides mounting.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct HelperRequest {
-    pub spec: SandboxSpec,
+    pub spec: ExecSpec,
     /// An empty host directory the rootfs overlay is mounted on (in the helper's private mount namespace).
     pub rootfs: PathBuf,
     /// An empty host directory, the lower layer of an overlay without lower dirs.

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use kiln_solver::sandbox::{
-    Network, OutputStream, RunStatus, Sandbox, SandboxError, SandboxMount, SandboxSpec, check_emulation,
+use kiln_sandbox::{
+    ExecMount, ExecSpec, Network, OutputStream, RunStatus, Sandbox, SandboxError, check_emulation,
 };
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -102,8 +102,8 @@ impl Fixture {
         self.path("upper")
     }
 
-    fn spec(&self, script: &str) -> SandboxSpec {
-        SandboxSpec {
+    fn spec(&self, script: &str) -> ExecSpec {
+        ExecSpec {
             lower_dirs: vec![self.path("lower")],
             upper_dir: self.upper(),
             work_dir: self.path("work"),
@@ -142,7 +142,7 @@ fn sandbox() -> Sandbox {
 }
 
 /// Runs with a deadline, on another thread (the sandbox call itself blocks until the command is done).
-fn try_run(spec: &SandboxSpec) -> Result<Output, SandboxError> {
+fn try_run(spec: &ExecSpec) -> Result<Output, SandboxError> {
     let spec = spec.clone();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -161,7 +161,7 @@ fn try_run(spec: &SandboxSpec) -> Result<Output, SandboxError> {
         .expect("the sandbox did not finish in time")
 }
 
-fn run(spec: &SandboxSpec) -> Output {
+fn run(spec: &ExecSpec) -> Output {
     let out = try_run(spec).unwrap_or_else(|e| panic!("sandbox failed: {e}"));
     assert!(
         out.status.success(),
@@ -663,26 +663,26 @@ fn bind_tmpfs_and_overlay_mounts() {
          && ls /ro",
     );
     spec.mounts = vec![
-        SandboxMount::Bind {
+        ExecMount::Bind {
             source: shared.clone(),
             dest: "/mnt/shared".into(),
             readonly: false,
         },
-        SandboxMount::Bind {
+        ExecMount::Bind {
             source: single,
             dest: "/etc/single.txt".into(),
             readonly: true,
         },
-        SandboxMount::Bind {
+        ExecMount::Bind {
             source: shared.clone(),
             dest: "/ro".into(),
             readonly: true,
         },
-        SandboxMount::Tmpfs {
+        ExecMount::Tmpfs {
             dest: "/scratch".into(),
             size: Some(1 << 20),
         },
-        SandboxMount::Overlay {
+        ExecMount::Overlay {
             lower_dirs: vec![fx.path("lower")],
             upper_dir: ov_upper.clone(),
             work_dir: ov_work,
@@ -720,7 +720,7 @@ fn host_files_are_out_of_reach() {
         sentinel.display()
     );
     let mut spec = fx.spec(&script);
-    spec.mounts = vec![SandboxMount::Tmpfs {
+    spec.mounts = vec![ExecMount::Tmpfs {
         dest: "/hostlink/inside".into(),
         size: None,
     }];
@@ -791,7 +791,7 @@ fn setup_errors_are_reported() {
     assert!(err.contains("does-not-exist"), "{err}");
 
     let mut spec = fx.spec("true");
-    spec.mounts = vec![SandboxMount::Bind {
+    spec.mounts = vec![ExecMount::Bind {
         source: fx.path("nope"),
         dest: "/x".into(),
         readonly: true,

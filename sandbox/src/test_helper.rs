@@ -1,11 +1,11 @@
 //! The sandbox helper for kiln-solver's own tests (see the `[[bin]]` entry in Cargo.toml for why it exists):
 //! - `kiln-sandbox-test-helper __kiln-sandbox ...`: the hidden sandbox mode, as in the kiln binary;
-//! - `kiln-sandbox-test-helper run-spec FILE`: plays kiln, running the JSON `SandboxSpec` in FILE with its
+//! - `kiln-sandbox-test-helper run-spec FILE`: plays kiln, running the JSON `ExecSpec` in FILE with its
 //!   output on stdout, so a test can kill "kiln" and watch the sandbox go with it.
 
 use std::io::Write;
 
-use kiln_solver::sandbox::{SANDBOX_ARG, Sandbox, SandboxSpec, sandbox_main};
+use kiln_sandbox::{ExecSpec, SANDBOX_ARG, Sandbox, sandbox_main};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -20,7 +20,7 @@ fn main() {
 }
 
 fn run_spec(file: &str) -> ! {
-    let spec: SandboxSpec = match std::fs::read(file)
+    let spec: ExecSpec = match std::fs::read(file)
         .map_err(|e| e.to_string())
         .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
     {

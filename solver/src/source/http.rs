@@ -1,18 +1,60 @@
 //! `ADD https://...`: downloads a file into a fresh snapshot, verifying `--checksum` while it streams.
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use kiln_cache::Store;
+use kiln_llb::Platform;
+
+use super::{LayerRef, Loaded, Source, SourceError};
 use sha2::{Digest as _, Sha256};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+/// Files over http(s), each into a snapshot of its own.
+pub struct HttpSource {
+    store: Store,
+}
+
+impl HttpSource {
+    pub fn new(store: Store) -> HttpSource {
+        HttpSource { store }
+    }
+}
+
+impl Source for HttpSource {
+    fn load<'a>(
+        &'a self,
+        op: &'a kiln_llb::Source,
+        _: &'a Platform,
+    ) -> BoxFuture<'a, Result<Loaded, SourceError>> {
+        Box::pin(async move {
+            let kiln_llb::Source::Http {
+                url,
+                checksum,
+                filename,
+            } = op
+            else {
+                return Err(SourceError::Unsupported(format!(
+                    "{} is not an http source",
+                    op.kind()
+                )));
+            };
+            let dir = self.store.prepare_snapshot()?;
+            fetch(url, checksum.as_deref(), filename.as_deref(), &dir.upper)
+                .await
+                .map_err(|message| SourceError::Http {
+                    url: url.clone(),
+                    message,
+                })?;
+            let snapshot = self.store.commit_snapshot(dir, None)?;
+            Ok(Loaded::Layers(vec![LayerRef { snapshot, blob: None }]))
+        })
+    }
+}
+
 /// Downloads `url` to `dir/<filename>` with mode 0600 (what docker gives remote ADD files).
-pub async fn fetch(
-    url: &str,
-    checksum: Option<&str>,
-    filename: Option<&str>,
-    dir: &Path,
-) -> Result<(), String> {
+async fn fetch(url: &str, checksum: Option<&str>, filename: Option<&str>, dir: &Path) -> Result<(), String> {
     let expected = match checksum {
         Some(c) => Some(parse_checksum(c)?),
         None => None,
@@ -20,12 +62,10 @@ pub async fn fetch(
     let name = filename
         .filter(|n| !n.is_empty() && !n.contains('/'))
         .unwrap_or("index.html");
-    let response = reqwest::get(url)
-        .await
-        .map_err(|e| format!("fetching {url}: {e}"))?;
+    let response = reqwest::get(url).await.map_err(|e| format!("fetching: {e}"))?;
     let status = response.status();
     if !status.is_success() {
-        return Err(format!("fetching {url}: server answered {status}"));
+        return Err(format!("the server answered {status}"));
     }
     let path = dir.join(name);
     let mut file = std::fs::OpenOptions::new()
@@ -37,7 +77,7 @@ pub async fn fetch(
     let mut hasher = Sha256::new();
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| format!("fetching {url}: {e}"))?;
+        let chunk = chunk.map_err(|e| format!("fetching: {e}"))?;
         hasher.update(&chunk);
         file.write_all(&chunk)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -48,7 +88,7 @@ pub async fn fetch(
         let actual = hex::encode(hasher.finalize());
         if actual != expected {
             return Err(format!(
-                "checksum mismatch for {url}: expected sha256:{expected}, got sha256:{actual}"
+                "checksum mismatch: expected sha256:{expected}, got sha256:{actual}"
             ));
         }
     }

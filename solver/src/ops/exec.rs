@@ -1,0 +1,178 @@
+//! `RUN`: the exec op's mounts made ready (views of other results, client directories, cache mounts,
+//! tmpfs, secrets), the command handed to the [`Executor`](crate::executor::Executor) on a blocking thread
+//! with its output streamed as progress events, and the upper dir committed as the step's layer.
+
+use std::sync::Arc;
+
+use kiln_cache::MountSharing;
+use kiln_fsutil::root::resolve_in_root;
+use kiln_llb::{CacheSharing, Exec, MountKind, NetworkMode, Platform};
+
+use super::joined;
+use crate::executor::{ExecMount, ExecSpec, Network, OutputStream};
+use crate::overlay::MountedTree;
+use crate::progress::{Event, Stream};
+use crate::solve::{Inner, OutputTail};
+use crate::source::{LayerRef, Loaded};
+use crate::{SolveError, StepFailure};
+
+/// Who owns a secret file, and its mode, when the mount does not say: root, 0400 (as BuildKit).
+const SECRET_OWNER_MODE: (u32, u32, u32) = (0, 0, 0o400);
+
+pub(crate) async fn run(
+    inner: &Arc<Inner>,
+    idx: usize,
+    step: usize,
+    exec: &Exec,
+    inputs: &[Arc<Loaded>],
+    platform: Platform,
+) -> Result<Vec<LayerRef>, SolveError> {
+    let input_of = |mount_input: Option<u32>| -> Option<&Arc<Loaded>> {
+        mount_input.and_then(|i| inputs.get(i as usize))
+    };
+    let rootfs_mount = exec.mounts.iter().find(|m| m.dest == "/" && m.output);
+    let below = match rootfs_mount.and_then(|m| input_of(m.input)) {
+        Some(output) => inner.layers_of(idx, output)?,
+        None => Vec::new(),
+    };
+    let prepared = inner.prepare(idx)?;
+    // What the mounts need lives until the step is over: views of other results, held cache mounts.
+    let mut views: Vec<MountedTree> = Vec::new();
+    let mut held = Vec::new();
+    let mut mounts = Vec::new();
+    let mount_source = |root: &std::path::Path, selector: &str| {
+        resolve_in_root(root, selector).map_err(|e| {
+            inner.step_error(
+                idx,
+                StepFailure::Mount {
+                    what: format!("mount source {selector:?}"),
+                    error: Arc::new(e),
+                },
+            )
+        })
+    };
+    for mount in exec.mounts.iter().filter(|m| !(m.dest == "/" && m.output)) {
+        match &mount.kind {
+            MountKind::Bind => {
+                let source = match input_of(mount.input).map(|o| &**o) {
+                    Some(Loaded::Dir { path, .. }) => mount_source(path, &mount.selector)?,
+                    Some(Loaded::Layers(layers)) => {
+                        let view = inner.mount_view(idx, layers, !mount.readonly)?;
+                        let path = mount_source(view.path(), &mount.selector)?;
+                        views.push(view);
+                        path
+                    }
+                    None => {
+                        let view = inner.mount_view(idx, &[], true)?;
+                        let path = view.path().to_path_buf();
+                        views.push(view);
+                        path
+                    }
+                };
+                mounts.push(ExecMount::Bind {
+                    source,
+                    dest: mount.dest.clone(),
+                    readonly: mount.readonly,
+                });
+            }
+            MountKind::Cache { id, sharing } => {
+                // Private and locked caches are used by one step at a time, across kiln processes too.
+                let sharing = match sharing {
+                    CacheSharing::Shared => MountSharing::Shared,
+                    CacheSharing::Private | CacheSharing::Locked => MountSharing::Exclusive,
+                };
+                let store = inner.store.clone();
+                let (cache_id, owner) = (id.clone(), mount.owner_mode);
+                let cache = joined(
+                    tokio::task::spawn_blocking(move || store.cache_mount(&cache_id, sharing, owner)).await,
+                )?
+                .map_err(|e| inner.step_error(idx, e))?;
+                mounts.push(ExecMount::Bind {
+                    source: cache.path.clone(),
+                    dest: mount.dest.clone(),
+                    readonly: mount.readonly,
+                });
+                held.push(cache);
+            }
+            MountKind::Tmpfs { size } => mounts.push(ExecMount::Tmpfs {
+                dest: mount.dest.clone(),
+                size: *size,
+            }),
+            MountKind::Secret { id, required } => match inner.options.secrets.get(id) {
+                Some(contents) => {
+                    let (uid, gid, mode) = mount.owner_mode.unwrap_or(SECRET_OWNER_MODE);
+                    mounts.push(ExecMount::File {
+                        dest: mount.dest.clone(),
+                        contents: contents.clone(),
+                        uid,
+                        gid,
+                        mode,
+                    });
+                }
+                None if *required => {
+                    return Err(inner.step_error(idx, StepFailure::MissingSecret { id: id.clone() }));
+                }
+                None => {}
+            },
+            MountKind::Ssh { id, required } => {
+                if *required {
+                    return Err(inner.step_error(idx, StepFailure::MissingSsh { id: id.clone() }));
+                }
+            }
+        }
+    }
+    let spec = ExecSpec {
+        lower_dirs: inner.snapshot_dirs(&below),
+        upper_dir: prepared.upper.clone(),
+        work_dir: prepared.work.clone(),
+        args: exec.args.clone(),
+        env: exec.env.clone(),
+        cwd: exec.cwd.clone(),
+        user: exec.user.clone(),
+        network: match exec.network {
+            NetworkMode::Host => Network::Host,
+            NetworkMode::None => Network::None,
+        },
+        hostname: exec.hostname.clone(),
+        extra_hosts: exec.extra_hosts.clone(),
+        mounts,
+        // The command is PID 1 itself, as under `docker build`.
+        init: false,
+        platform: (platform != Platform::host()).then_some(platform),
+    };
+    let this = inner.clone();
+    let (status, tail) = joined(
+        tokio::task::spawn_blocking(move || {
+            let mut tail = OutputTail::default();
+            let status = this.executor.run(&spec, &this.cancel, &mut |stream, data| {
+                tail.push(data);
+                let stream = match stream {
+                    OutputStream::Stdout => Stream::Stdout,
+                    OutputStream::Stderr => Stream::Stderr,
+                };
+                this.emit(Event::Log {
+                    id: step,
+                    stream,
+                    data: data.to_vec(),
+                });
+            });
+            (status, tail.lines())
+        })
+        .await,
+    )?;
+    drop(views);
+    drop(held);
+    let status = status.map_err(|e| inner.step_error(idx, e))?;
+    if !status.success() {
+        let command = exec.args.last().cloned().unwrap_or_default();
+        let failure = match status.signal {
+            Some(signal) => StepFailure::Signal { command, signal },
+            None => StepFailure::Exit {
+                command,
+                code: status.code,
+            },
+        };
+        return Err(inner.step_failure(idx, failure, tail));
+    }
+    inner.commit(idx, prepared, &below)
+}
