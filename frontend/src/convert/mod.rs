@@ -11,14 +11,21 @@ use crate::shell::{Env, ShellLex};
 use crate::{Diagnostic, parser};
 use kiln_llb::image::{HealthConfig, History, ImageInfo};
 use kiln_llb::{
-    Copy, Definition, Exec, FileAction, FileOp, Input, Meta, Mount, MountKind, NetworkMode, Op, Owner,
-    Platform, Source, Vertex,
+    Copy, Definition, Exec, FileAction, FileOp, Input, Meta, Mount, MountKind, NetworkMode, Op, Platform,
+    Source, Vertex,
 };
 use std::collections::BTreeMap;
 
+mod go_format;
 mod mount;
+mod paths;
+mod words;
 
+use go_format::{go_health, go_quote_list};
 use mount::{MOUNT_HINT, parse_mount};
+pub use paths::clean_path;
+use paths::{contains_wildcards, join_path};
+use words::{first_line, owner_of, parse_owner, parse_ports, validate_chmod, validate_signal};
 
 /// The PATH docker gives a RUN when the image defines none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -1340,77 +1347,6 @@ fn parse_trigger(trigger: &str, loc: &Location) -> Result<Instruction, Diagnosti
         .map_err(|e| loc.error(format!("invalid ONBUILD trigger {trigger:?}: {}", e.message)))
 }
 
-/// fsutil's test for a wildcard in a copy source: `*`, `?` or `[` not escaped with a backslash.
-fn contains_wildcards(path: &str) -> bool {
-    let mut chars = path.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '*' | '?' | '[' => return true,
-            '\\' => {
-                chars.next();
-            }
-            _ => {}
-        }
-    }
-    false
-}
-
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or_default()
-}
-
-/// Go's `%+v` of BuildKit's healthcheck struct, as it writes HEALTHCHECK into history:
-/// `{Test:[CMD-SHELL curl -f http://localhost/] Interval:30s Timeout:0s StartPeriod:0s StartInterval:0s Retries:3}`.
-fn go_health(h: &HealthConfig) -> String {
-    format!(
-        "{{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
-        h.test.join(" "),
-        go_duration(h.interval),
-        go_duration(h.timeout),
-        go_duration(h.start_period),
-        go_duration(h.start_interval),
-        h.retries
-    )
-}
-
-/// Go's `time.Duration.String()` of a number of nanoseconds: `0s`, `1.5s`, `1m30s`, `1h0m0s`, `250ms`.
-fn go_duration(nanos: u64) -> String {
-    /// `value / unit` with the fraction's trailing zeros dropped.
-    fn fraction(value: u64, unit: u64, digits: usize) -> String {
-        let (whole, rest) = (value / unit, value % unit);
-        if rest == 0 {
-            return whole.to_string();
-        }
-        let decimals = format!("{rest:0digits$}");
-        format!("{whole}.{}", decimals.trim_end_matches('0'))
-    }
-    const SECOND: u64 = 1_000_000_000;
-    match nanos {
-        0 => "0s".into(),
-        n if n < 1_000 => format!("{n}ns"),
-        n if n < 1_000_000 => format!("{}µs", fraction(n, 1_000, 3)),
-        n if n < SECOND => format!("{}ms", fraction(n, 1_000_000, 6)),
-        n => {
-            let (hours, minutes) = (n / (3600 * SECOND), n / (60 * SECOND) % 60);
-            let seconds = fraction(n % (60 * SECOND), SECOND, 9);
-            match (hours, minutes) {
-                (0, 0) => format!("{seconds}s"),
-                (0, m) => format!("{m}m{seconds}s"),
-                (h, m) => format!("{h}h{m}m{seconds}s"),
-            }
-        }
-    }
-}
-
-/// Go's `%q` of a string slice, as docker writes CMD and ENTRYPOINT into history.
-fn go_quote_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items
-        .iter()
-        .map(|s| serde_json::to_string(s).unwrap_or_default())
-        .collect();
-    format!("[{}]", quoted.join(" "))
-}
-
 fn heredoc_for<'h>(word: &str, heredocs: &'h [Heredoc]) -> Option<&'h Heredoc> {
     let name = word.strip_prefix("<<")?;
     let name = name.strip_prefix('-').unwrap_or(name);
@@ -1455,118 +1391,6 @@ fn chomp_heredoc(content: &str) -> String {
         .collect()
 }
 
-fn join_path(workdir: &str, path: &str) -> String {
-    if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("{}/{}", workdir.trim_end_matches('/'), path)
-    }
-}
-
-/// Lexical cleaning like Go's `path.Clean` for absolute paths.
-pub fn clean_path(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            other => parts.push(other),
-        }
-    }
-    format!("/{}", parts.join("/"))
-}
-
-fn owner_of(user: &str) -> Option<Owner> {
-    if user.is_empty() {
-        return None;
-    }
-    parse_owner(user).ok()
-}
-
-fn parse_owner(chown: &str) -> Result<Owner, String> {
-    let (user, group) = match chown.split_once(':') {
-        Some((u, g)) => (u, Some(g.to_string())),
-        None => (chown, None),
-    };
-    if user.is_empty() {
-        return Err(format!(
-            "invalid --chown {chown:?}: the user is empty (write USER[:GROUP])"
-        ));
-    }
-    Ok(Owner {
-        user: user.to_string(),
-        group: group.filter(|g| !g.is_empty()),
-    })
-}
-
-fn validate_chmod(chmod: &str) -> Result<(), String> {
-    let octal = u32::from_str_radix(chmod, 8)
-        .ok()
-        .filter(|m| *m <= 0o7777 && !chmod.is_empty());
-    let symbolic = !chmod.is_empty()
-        && chmod.split(',').all(|clause| {
-            let ops = clause.trim_start_matches(['u', 'g', 'o', 'a']);
-            !ops.is_empty()
-                && ops.starts_with(['+', '-', '='])
-                && ops.chars().all(|c| "+-=rwxXst".contains(c))
-        });
-    if octal.is_some() || symbolic {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid --chmod {chmod:?}: use an octal mode like 0755 or a symbolic one like u+x,go-w"
-        ))
-    }
-}
-
-fn validate_signal(signal: &str) -> Result<(), String> {
-    let name = signal.strip_prefix("SIG").unwrap_or(signal);
-    let known = [
-        "ABRT", "ALRM", "BUS", "CHLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL", "PIPE",
-        "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP", "TTIN", "TTOU",
-        "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
-    ];
-    let realtime = name
-        .strip_prefix("RTMIN")
-        .or_else(|| name.strip_prefix("RTMAX"))
-        .is_some();
-    if known.contains(&name) || realtime || signal.parse::<u32>().is_ok_and(|n| (1..=64).contains(&n)) {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid signal {signal:?}: use a name like SIGTERM or a number"
-        ))
-    }
-}
-
-/// `80`, `80/tcp`, `8000-8002/udp` → `["80/tcp"]`, `["8000/udp", "8001/udp", "8002/udp"]`.
-fn parse_ports(word: &str) -> Result<Vec<String>, String> {
-    let bad = || format!("invalid port {word:?}: write PORT[/PROTOCOL] or START-END[/PROTOCOL], e.g. 80/tcp");
-    let (ports, proto) = match word.split_once('/') {
-        Some((p, proto)) => (p, proto.to_lowercase()),
-        None => (word, "tcp".to_string()),
-    };
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(bad());
-    }
-    let (start, end) = match ports.split_once('-') {
-        Some((s, e)) => (
-            s.parse::<u16>().map_err(|_| bad())?,
-            e.parse::<u16>().map_err(|_| bad())?,
-        ),
-        None => {
-            let p = ports.parse::<u16>().map_err(|_| bad())?;
-            (p, p)
-        }
-    };
-    if end < start {
-        return Err(bad());
-    }
-    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
-}
-
 fn url_filename(url: &str) -> String {
     let path = url.split(['?', '#']).next().unwrap_or(url);
     let name = path
@@ -1582,72 +1406,4 @@ fn is_git_url(src: &str) -> bool {
         || src.starts_with("git://")
         || ((src.starts_with("https://") || src.starts_with("http://"))
             && src.split('#').next().is_some_and(|s| s.ends_with(".git")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_clean_like_go() {
-        assert_eq!(clean_path("/a/./b/../c//d/"), "/a/c/d");
-        assert_eq!(clean_path("/../.."), "/");
-        assert_eq!(join_path("/app", "src"), "/app/src");
-        assert_eq!(join_path("/app", "/abs"), "/abs");
-    }
-
-    #[test]
-    fn ports() {
-        assert_eq!(parse_ports("80"), Ok(vec!["80/tcp".to_string()]));
-        assert_eq!(parse_ports("53/UDP"), Ok(vec!["53/udp".to_string()]));
-        assert_eq!(parse_ports("8000-8001").map(|p| p.len()), Ok(2));
-        assert!(parse_ports("http").is_err());
-        assert!(parse_ports("80/xyz").is_err());
-        assert!(parse_ports("9-1").is_err());
-    }
-
-    #[test]
-    fn durations_print_like_go() {
-        // time.Duration.String() of the same values.
-        for (nanos, want) in [
-            (0, "0s"),
-            (999, "999ns"),
-            (1_500, "1.5µs"),
-            (250_000_000, "250ms"),
-            (1_500_000_000, "1.5s"),
-            (30_000_000_000, "30s"),
-            (90_000_000_000, "1m30s"),
-            (300_000_000_000, "5m0s"),
-            (3_600_000_000_000, "1h0m0s"),
-            (3_723_004_000_000, "1h2m3.004s"),
-        ] {
-            assert_eq!(go_duration(nanos), want, "{nanos}");
-        }
-        let check = HealthConfig {
-            test: vec!["CMD-SHELL".into(), "curl -f http://localhost/ || exit 1".into()],
-            interval: 300_000_000_000,
-            timeout: 3_000_000_000,
-            retries: 3,
-            ..HealthConfig::default()
-        };
-        assert_eq!(
-            go_health(&check),
-            "{Test:[CMD-SHELL curl -f http://localhost/ || exit 1] Interval:5m0s Timeout:3s StartPeriod:0s \
-             StartInterval:0s Retries:3}"
-        );
-    }
-
-    #[test]
-    fn wildcards_like_fsutil() {
-        assert!(contains_wildcards("src/*.rs") && contains_wildcards("a?") && contains_wildcards("[ab]"));
-        assert!(!contains_wildcards("plain/path") && !contains_wildcards("lit\\*eral"));
-    }
-
-    #[test]
-    fn chmod_forms() {
-        assert!(validate_chmod("0755").is_ok());
-        assert!(validate_chmod("u+x,go-w").is_ok());
-        assert!(validate_chmod("999").is_err());
-        assert!(validate_chmod("").is_err());
-    }
 }
