@@ -2,7 +2,7 @@
 //! expand variables, and turns the stages the target needs — and only those — into LLB vertices, while
 //! building the image config docker would write.
 
-use crate::ast::{Dockerfile, Heredoc};
+use crate::ast::Dockerfile;
 use crate::instructions::{
     self, ArgDecl, Command, CommandLine, CopyArgs, Healthcheck, Instruction, Location, RunArgs, Stage,
 };
@@ -17,11 +17,13 @@ use kiln_llb::{
 use std::collections::BTreeMap;
 
 mod go_format;
+mod heredoc;
 mod mount;
 mod paths;
 mod words;
 
 use go_format::{go_health, go_quote_list};
+use heredoc::{chomp_heredoc, heredoc_for, is_lone_heredoc, run_shell_script};
 use mount::{MOUNT_HINT, parse_mount};
 pub use paths::clean_path;
 use paths::{contains_wildcards, join_path};
@@ -1287,48 +1289,10 @@ impl<'a> Converter<'a> {
         Ok(())
     }
 
-    /// A heredoc body as the file `/NAME` on an empty tree, for RUN to execute or COPY to copy.
-    fn heredoc_file(&mut self, st: &StageState, name: &str, data: String, mode: u32) -> Input {
-        let file = FileOp {
-            has_base: false,
-            actions: vec![FileAction::Mkfile {
-                path: format!("/{name}"),
-                mode,
-                data,
-                owner: None,
-            }],
-        };
-        let description = format!("[{} internal] heredoc {name}", st.name);
-        self.add(Op::File(file), vec![], &st.platform.clone(), st, description)
-    }
-
     fn is_http(&self, input: &Input) -> bool {
         self.definition
             .get(&input.vertex)
             .is_some_and(|v| matches!(v.op, Op::Source(Source::Http { .. })))
-    }
-
-    /// Heredoc bodies of COPY expand variables line by line, as the words of the instruction do.
-    fn expand_heredoc(
-        &mut self,
-        st: &StageState,
-        content: &str,
-        loc: &Location,
-    ) -> Result<String, Diagnostic> {
-        let vars = st.vars();
-        let declared = st.scope.declared_args.clone();
-        let mut out = String::with_capacity(content.len());
-        for line in content.split_inclusive('\n') {
-            let (body, newline) = line.strip_suffix('\n').map_or((line, ""), |b| (b, "\n"));
-            // Quotes in a heredoc body are content, so escape them before expansion sees them.
-            let escaped = body
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\'', "\\'");
-            out.push_str(&self.expand(&escaped, &vars, loc, Some(&declared))?);
-            out.push_str(newline);
-        }
-        Ok(out)
     }
 }
 
@@ -1345,50 +1309,6 @@ fn parse_trigger(trigger: &str, loc: &Location) -> Result<Instruction, Diagnosti
         .ok_or_else(|| loc.error(format!("empty ONBUILD trigger {trigger:?}")))?;
     instructions::parse_instruction(node)
         .map_err(|e| loc.error(format!("invalid ONBUILD trigger {trigger:?}: {}", e.message)))
-}
-
-fn heredoc_for<'h>(word: &str, heredocs: &'h [Heredoc]) -> Option<&'h Heredoc> {
-    let name = word.strip_prefix("<<")?;
-    let name = name.strip_prefix('-').unwrap_or(name);
-    let name = name.trim_matches(|c| c == '"' || c == '\'');
-    heredocs.iter().find(|h| h.name == name)
-}
-
-fn is_lone_heredoc(cmd: &str) -> bool {
-    let word = cmd.trim();
-    word.starts_with("<<") && !word.contains(char::is_whitespace)
-}
-
-/// What the shell runs for a shell-form RUN: a lone heredoc runs its body; a command with heredocs gets
-/// them appended so the shell feeds them itself.
-fn run_shell_script(cmd: &str, heredocs: &[Heredoc]) -> String {
-    match heredocs {
-        [] => cmd.to_string(),
-        [only] if is_lone_heredoc(cmd) => {
-            if only.chomp {
-                chomp_heredoc(&only.content)
-            } else {
-                only.content.clone()
-            }
-        }
-        _ => {
-            let mut full = cmd.to_string();
-            for heredoc in heredocs {
-                full.push('\n');
-                full.push_str(&heredoc.content);
-                full.push_str(&heredoc.name);
-            }
-            full
-        }
-    }
-}
-
-/// `<<-` strips leading tabs from every line.
-fn chomp_heredoc(content: &str) -> String {
-    content
-        .split_inclusive('\n')
-        .map(|line| line.trim_start_matches('\t'))
-        .collect()
 }
 
 fn url_filename(url: &str) -> String {
