@@ -3,19 +3,18 @@
 //! building the image config docker would write.
 
 use crate::ast::Dockerfile;
-use crate::instructions::{
-    self, Command, CommandLine, CopyArgs, Healthcheck, Instruction, Location, RunArgs, Stage,
-};
+use crate::instructions::{self, Command, CommandLine, CopyArgs, Instruction, Location, RunArgs, Stage};
 use crate::lint::LintWarning;
 use crate::shell::ShellLex;
 use crate::{Diagnostic, parser};
-use kiln_llb::image::{HealthConfig, History, ImageInfo};
+use kiln_llb::image::{History, ImageInfo};
 use kiln_llb::{
     Copy, Definition, Exec, FileAction, FileOp, Input, Meta, Mount, MountKind, NetworkMode, Op, Platform,
     Source, Vertex,
 };
 use std::collections::BTreeMap;
 
+mod config;
 mod go_format;
 mod heredoc;
 mod mount;
@@ -23,13 +22,13 @@ mod paths;
 mod scope;
 mod words;
 
-use go_format::{go_health, go_quote_list};
+use go_format::go_quote_list;
 use heredoc::{chomp_heredoc, heredoc_for, is_lone_heredoc, run_shell_script};
 use mount::{MOUNT_HINT, parse_mount};
 pub use paths::clean_path;
 use paths::{contains_wildcards, join_path};
 use scope::{PROXY_ARGS, Scope};
-use words::{first_line, owner_of, parse_owner, parse_ports, validate_chmod, validate_signal};
+use words::{first_line, parse_owner, validate_chmod};
 
 /// The PATH docker gives a RUN when the image defines none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -545,182 +544,29 @@ impl<'a> Converter<'a> {
         })
     }
 
+    /// Routes one instruction to the function that converts it.
     fn dispatch(&mut self, st: &mut StageState, ins: &Instruction) -> Result<(), Diagnostic> {
         let loc = &ins.location;
         match &ins.command {
             Command::Arg(decls) => self.dispatch_arg(st, decls, loc)?,
-            Command::Env(pairs) => {
-                // All values of one ENV see the environment from before it, as in docker.
-                let mut expanded = Vec::new();
-                for kv in pairs {
-                    let key = self.expand_in(st, &kv.key, loc)?;
-                    let value = self.expand_in(st, &kv.value, loc)?;
-                    expanded.push((key, value));
-                }
-                let text: Vec<String> = expanded.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                for (key, value) in &expanded {
-                    st.image.config.set_env(key, value);
-                    st.scope.set(key, value);
-                }
-                st.history(format!("ENV {}", text.join(" ")), true);
-            }
-            Command::Label(pairs) => {
-                let mut text = Vec::new();
-                for kv in pairs {
-                    let key = self.expand_in(st, &kv.key, loc)?;
-                    let value = self.expand_in(st, &kv.value, loc)?;
-                    text.push(format!("{key}={value}"));
-                    st.image.config.labels.insert(key, value);
-                }
-                st.history(format!("LABEL {}", text.join(" ")), true);
-            }
-            Command::Maintainer(name) => {
-                // BuildKit records it as the config's author, not as a label.
-                st.image.author = Some(name.clone());
-                st.history(format!("MAINTAINER {name}"), true);
-            }
-            Command::Workdir(raw) => {
-                let expanded = self.expand_in(st, raw, loc)?;
-                let dir = clean_path(&join_path(&st.workdir(), &expanded));
-                st.image.config.working_dir = dir.clone();
-                if dir == "/" {
-                    // Nothing to create: BuildKit makes no file op and no layer for the root.
-                    st.history("WORKDIR /".into(), true);
-                    return Ok(());
-                }
-                let description = st.next_description(&format!("WORKDIR {dir}"));
-                let owner = owner_of(&st.image.config.user);
-                let action = FileAction::Mkdir {
-                    path: dir.clone(),
-                    mode: 0o755,
-                    make_parents: true,
-                    owner,
-                };
-                let op = Op::File(FileOp {
-                    has_base: st.state.is_some(),
-                    actions: vec![action],
-                });
-                let inputs: Vec<Input> = st.state.into_iter().collect();
-                st.state = Some(self.add_located(op, inputs, st, description, loc));
-                st.history(format!("WORKDIR {dir}"), false);
-            }
-            Command::User(raw) => {
-                let user = self.expand_in(st, raw, loc)?;
-                st.history(format!("USER {user}"), true);
-                st.image.config.user = user;
-            }
-            Command::Expose(ports) => {
-                let mut added = Vec::new();
-                for raw in ports {
-                    let word = self.expand_in(st, raw, loc)?;
-                    for port in parse_ports(&word).map_err(|e| loc.error_at(raw, e))? {
-                        added.push(port.clone());
-                        st.image.config.exposed_ports.insert(port);
-                    }
-                }
-                // Go's `%v` of the port list: in the order written, ranges expanded.
-                st.history(format!("EXPOSE [{}]", added.join(" ")), true);
-            }
-            Command::Volume(volumes) => {
-                let mut added = Vec::new();
-                for raw in volumes {
-                    let volume = self.expand_in(st, raw, loc)?;
-                    if volume.trim().is_empty() {
-                        return Err(loc.error_at(raw, "VOLUME specified can not be an empty string"));
-                    }
-                    added.push(volume.clone());
-                    st.image.config.volumes.insert(volume);
-                }
-                st.history(format!("VOLUME [{}]", added.join(" ")), true);
-            }
-            Command::StopSignal(raw) => {
-                let signal = self.expand_in(st, raw, loc)?;
-                validate_signal(&signal).map_err(|e| loc.error_at(raw, e))?;
-                st.history(format!("STOPSIGNAL {signal}"), true);
-                st.image.config.stop_signal = Some(signal);
-            }
-            Command::Shell(shell) => {
-                st.history(format!("SHELL [{}]", shell.join(" ")), true);
-                st.image.config.shell = Some(shell.clone());
-            }
-            Command::Onbuild(trigger) => {
-                // No history entry: BuildKit records none for ONBUILD.
-                st.image.config.on_build.push(trigger.clone());
-            }
-            Command::Cmd(line) => {
-                let args = self.command_args(st, line);
-                st.history(format!("CMD {}", go_quote_list(&args)), true);
-                st.image.config.cmd = Some(args);
-                st.image.config.args_escaped = true;
-                st.cmd_set = true;
-            }
-            Command::Entrypoint(line) => {
-                let args = self.command_args(st, line);
-                st.history(format!("ENTRYPOINT {}", go_quote_list(&args)), true);
-                st.image.config.entrypoint = Some(args);
-                // An ENTRYPOINT resets an inherited CMD, but not one set earlier in this stage.
-                if !st.cmd_set {
-                    st.image.config.cmd = None;
-                }
-            }
-            Command::Healthcheck(check) => {
-                let config = match check {
-                    Healthcheck::None => HealthConfig {
-                        test: vec!["NONE".into()],
-                        ..HealthConfig::default()
-                    },
-                    Healthcheck::Cmd {
-                        command,
-                        interval,
-                        timeout,
-                        start_period,
-                        start_interval,
-                        retries,
-                    } => {
-                        let test = match command {
-                            CommandLine::Shell(line) => vec!["CMD-SHELL".into(), line.clone()],
-                            CommandLine::Exec(args) => {
-                                let mut test = vec!["CMD".to_string()];
-                                test.extend(args.iter().cloned());
-                                test
-                            }
-                        };
-                        let duration = |v: &Option<String>| {
-                            v.as_deref()
-                                .map(instructions::parse_duration)
-                                .transpose()
-                                .map(Option::unwrap_or_default)
-                        };
-                        HealthConfig {
-                            test,
-                            interval: duration(interval).map_err(|e| loc.error(e))?,
-                            timeout: duration(timeout).map_err(|e| loc.error(e))?,
-                            start_period: duration(start_period).map_err(|e| loc.error(e))?,
-                            start_interval: duration(start_interval).map_err(|e| loc.error(e))?,
-                            retries: retries.as_deref().and_then(|r| r.parse().ok()).unwrap_or(0),
-                        }
-                    }
-                };
-                st.history(format!("HEALTHCHECK {}", go_health(&config)), true);
-                st.image.config.healthcheck = Some(config);
-            }
+            Command::Env(pairs) => self.dispatch_env(st, pairs, loc)?,
+            Command::Label(pairs) => self.dispatch_label(st, pairs, loc)?,
+            Command::Maintainer(name) => self.dispatch_maintainer(st, name),
+            Command::Workdir(raw) => self.dispatch_workdir(st, raw, loc)?,
+            Command::User(raw) => self.dispatch_user(st, raw, loc)?,
+            Command::Expose(ports) => self.dispatch_expose(st, ports, loc)?,
+            Command::Volume(volumes) => self.dispatch_volume(st, volumes, loc)?,
+            Command::StopSignal(raw) => self.dispatch_stop_signal(st, raw, loc)?,
+            Command::Shell(shell) => self.dispatch_shell(st, shell),
+            Command::Onbuild(trigger) => self.dispatch_onbuild(st, trigger),
+            Command::Cmd(line) => self.dispatch_cmd(st, line),
+            Command::Entrypoint(line) => self.dispatch_entrypoint(st, line),
+            Command::Healthcheck(check) => self.dispatch_healthcheck(st, check, loc)?,
             Command::Run(run) => self.dispatch_run(st, run, loc)?,
             Command::Copy(copy) => self.dispatch_copy(st, copy, loc, false)?,
             Command::Add(add) => self.dispatch_copy(st, add, loc, true)?,
         }
         Ok(())
-    }
-
-    /// CMD/ENTRYPOINT arguments: exec form as is, shell form wrapped in the stage's SHELL.
-    fn command_args(&self, st: &StageState, line: &CommandLine) -> Vec<String> {
-        match line {
-            CommandLine::Exec(args) => args.clone(),
-            CommandLine::Shell(cmd) => {
-                let mut args = st.shell();
-                args.push(cmd.clone());
-                args
-            }
-        }
     }
 
     /// The environment a RUN sees — the stage's variables (ENV and ARGs with values, the last definition
