@@ -66,13 +66,7 @@ pub(super) fn is_lone_heredoc(cmd: &str) -> bool {
 pub(super) fn run_shell_script(cmd: &str, heredocs: &[Heredoc]) -> String {
     match heredocs {
         [] => cmd.to_string(),
-        [only] if is_lone_heredoc(cmd) => {
-            if only.chomp {
-                chomp_heredoc(&only.content)
-            } else {
-                only.content.clone()
-            }
-        }
+        [only] if is_lone_heredoc(cmd) => heredoc_body(only),
         _ => {
             let mut full = cmd.to_string();
             for heredoc in heredocs {
@@ -82,6 +76,15 @@ pub(super) fn run_shell_script(cmd: &str, heredocs: &[Heredoc]) -> String {
             }
             full
         }
+    }
+}
+
+/// A heredoc's content as written, but with leading tabs stripped for `<<-`.
+pub(super) fn heredoc_body(heredoc: &Heredoc) -> String {
+    if heredoc.chomp {
+        chomp_heredoc(&heredoc.content)
+    } else {
+        heredoc.content.clone()
     }
 }
 

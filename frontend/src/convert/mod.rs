@@ -3,15 +3,12 @@
 //! building the image config docker would write.
 
 use crate::ast::Dockerfile;
-use crate::instructions::{self, Command, CommandLine, CopyArgs, Instruction, Location, RunArgs, Stage};
+use crate::instructions::{self, Command, CopyArgs, Instruction, Location, Stage};
 use crate::lint::LintWarning;
 use crate::shell::ShellLex;
 use crate::{Diagnostic, parser};
 use kiln_llb::image::{History, ImageInfo};
-use kiln_llb::{
-    Copy, Definition, Exec, FileAction, FileOp, Input, Meta, Mount, MountKind, NetworkMode, Op, Platform,
-    Source, Vertex,
-};
+use kiln_llb::{Copy, Definition, FileAction, FileOp, Input, Meta, Op, Platform, Source, Vertex};
 use std::collections::BTreeMap;
 
 mod config;
@@ -19,12 +16,11 @@ mod go_format;
 mod heredoc;
 mod mount;
 mod paths;
+mod run;
 mod scope;
 mod words;
 
-use go_format::go_quote_list;
-use heredoc::{chomp_heredoc, heredoc_for, is_lone_heredoc, run_shell_script};
-use mount::{MOUNT_HINT, parse_mount};
+use heredoc::{chomp_heredoc, heredoc_for};
 pub use paths::clean_path;
 use paths::{contains_wildcards, join_path};
 use scope::{PROXY_ARGS, Scope};
@@ -566,151 +562,6 @@ impl<'a> Converter<'a> {
             Command::Copy(copy) => self.dispatch_copy(st, copy, loc, false)?,
             Command::Add(add) => self.dispatch_copy(st, add, loc, true)?,
         }
-        Ok(())
-    }
-
-    /// The environment a RUN sees — the stage's variables (ENV and ARGs with values, the last definition
-    /// winning), then proxy build args no ARG declares — and the `K=V` list its history entry starts with:
-    /// every ARG declared so far, each once where it was first declared, valued from the environment when it
-    /// is there (an ENV may have replaced it), else as declared (`K=` without a value). Proxy args an ARG
-    /// declares are listed too, as BuildKit lists them.
-    fn run_env(&self, st: &StageState) -> (Vec<String>, Vec<String>) {
-        let mut env: Vec<String> = st.scope.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        for proxy in PROXY_ARGS {
-            if let Some(value) = self.build_arg(proxy)
-                && !st.scope.build_args.iter().any(|(k, _)| k == proxy)
-            {
-                env.push(format!("{proxy}={value}"));
-            }
-        }
-        let mut names: Vec<&str> = Vec::new();
-        for (key, _) in &st.scope.build_args {
-            if !names.contains(&key.as_str()) {
-                names.push(key);
-            }
-        }
-        let history_args = names
-            .into_iter()
-            .map(|key| {
-                let declared = st.scope.build_args.iter().rev().find(|(k, _)| k == key);
-                let value = st
-                    .scope
-                    .get(key)
-                    .or_else(|| declared.and_then(|(_, v)| v.as_deref()))
-                    .unwrap_or_default();
-                format!("{key}={value}")
-            })
-            .collect();
-        (env, history_args)
-    }
-
-    fn dispatch_run(&mut self, st: &mut StageState, run: &RunArgs, loc: &Location) -> Result<(), Diagnostic> {
-        let mut extra_mounts = Vec::new();
-        let mut inputs: Vec<Input> = st.state.into_iter().collect();
-        let mut args = match &run.command {
-            CommandLine::Exec(args) => args.clone(),
-            CommandLine::Shell(cmd) => {
-                let mut args = st.shell();
-                args.push(run_shell_script(cmd, &run.heredocs));
-                args
-            }
-        };
-        // A lone `RUN <<EOF` whose body starts with `#!` runs the body as a script file, as BuildKit does.
-        if let (CommandLine::Shell(cmd), [heredoc]) = (&run.command, run.heredocs.as_slice())
-            && is_lone_heredoc(cmd)
-            && heredoc.content.starts_with("#!")
-        {
-            let data = if heredoc.chomp {
-                chomp_heredoc(&heredoc.content)
-            } else {
-                heredoc.content.clone()
-            };
-            let script_input = self.heredoc_file(st, &heredoc.name, data, 0o755);
-            inputs.push(script_input);
-            extra_mounts.push(Mount {
-                input: Some((inputs.len() - 1) as u32),
-                selector: "/".into(),
-                dest: "/dev/pipes/".into(),
-                kind: MountKind::Bind,
-                readonly: true,
-                output: false,
-                owner_mode: None,
-            });
-            args = vec![format!("/dev/pipes/{}", heredoc.name)];
-        }
-        let rootfs = Mount {
-            input: if st.state.is_some() { Some(0) } else { None },
-            selector: String::new(),
-            dest: "/".into(),
-            kind: MountKind::Bind,
-            readonly: false,
-            output: true,
-            owner_mode: None,
-        };
-        let mut mounts = vec![rootfs];
-        mounts.extend(extra_mounts);
-        for spec in &run.mounts {
-            let expanded = self.expand_in(st, spec, loc)?;
-            let parsed = parse_mount(&expanded).map_err(|e| loc.error_at(spec, e).hint(MOUNT_HINT))?;
-            let input = match parsed.from.as_deref() {
-                Some(from) => Some(self.named_input(st, from, loc)?),
-                None if matches!(parsed.kind, MountKind::Bind) => Some(self.context_source()),
-                None => None,
-            };
-            let input_index = input.map(|i| {
-                inputs.push(i);
-                (inputs.len() - 1) as u32
-            });
-            let dest = clean_path(&join_path(&st.workdir(), &parsed.target));
-            mounts.push(Mount {
-                input: input_index,
-                selector: parsed.source,
-                dest,
-                kind: parsed.kind,
-                readonly: parsed.readonly,
-                output: false,
-                owner_mode: parsed.owner_mode,
-            });
-        }
-        let network = match run.network.as_deref() {
-            None | Some("default") | Some("host") => NetworkMode::Host,
-            Some("none") => NetworkMode::None,
-            Some(other) => {
-                return Err(loc
-                    .error_at(other, format!("unsupported network mode {other:?}"))
-                    .hint("use --network=default, --network=none or --network=host"));
-            }
-        };
-        if let Some(security) = run.security.as_deref()
-            && security != "sandbox"
-        {
-            return Err(loc
-                .error_at(security, format!("--security={security} is not supported"))
-                .hint("kiln runs every RUN sandboxed; remove the flag or use --security=sandbox"));
-        }
-        let (env, history_args) = self.run_env(st);
-        let exec = Exec {
-            args: args.clone(),
-            env,
-            cwd: st.workdir(),
-            user: st.image.config.user.clone(),
-            network,
-            mounts,
-            hostname: String::new(),
-            extra_hosts: Vec::new(),
-        };
-        let shown = match &run.command {
-            CommandLine::Shell(cmd) => cmd.clone(),
-            CommandLine::Exec(args) => go_quote_list(args),
-        };
-        let description = st.next_description(&format!("RUN {}", first_line(&shown)));
-        st.state = Some(self.add_located(Op::Exec(exec), inputs, st, description, loc));
-        let prefix = if history_args.is_empty() {
-            String::new()
-        } else {
-            format!("|{} {} ", history_args.len(), history_args.join(" "))
-        };
-        st.history(format!("RUN {prefix}{} # buildkit", args.join(" ")), false);
         Ok(())
     }
 
