@@ -108,7 +108,7 @@ pub fn convert(
         definition: Definition::default(),
         stages: &stages.stages,
         results: vec![None; stages.stages.len()],
-        in_progress: vec![false; stages.stages.len()],
+        in_progress: Vec::new(),
         meta_args: Vec::new(),
         declared_meta: Vec::new(),
         lints: Vec::new(),
@@ -173,8 +173,9 @@ struct Converter<'a> {
     definition: Definition,
     stages: &'a [Stage],
     results: Vec<Option<StageResult>>,
-    /// Stages being converted, to catch cycles through COPY --from and RUN --mount from=.
-    in_progress: Vec<bool>,
+    /// Stages being converted, outermost first, each waiting on the next through FROM, COPY --from or
+    /// RUN --mount from=: a stage met again here closes a cycle, and the stages after it are the cycle's path.
+    in_progress: Vec<usize>,
     /// Global ARGs with values plus the automatic platform args: the scope of FROM lines.
     meta_args: Vec<(String, String)>,
     /// Every global ARG name, with or without a value.
@@ -319,20 +320,35 @@ impl<'a> Converter<'a> {
             return Ok(());
         }
         let stage = &self.stages[index];
-        if self.in_progress[index] {
+        if let Some(start) = self.in_progress.iter().position(|&i| i == index) {
             let at = used_from.unwrap_or(&stage.location);
             return Err(at
                 .error(format!(
-                    "circular dependency detected on stage: {}",
-                    stage_label(stage, index)
+                    "circular dependency detected on stage: {} ({})",
+                    stage_label(stage, index),
+                    self.cycle_path(&self.in_progress[start..])
                 ))
                 .hint("a stage cannot use itself, directly or through other stages"));
         }
-        self.in_progress[index] = true;
+        self.in_progress.push(index);
         let result = self.convert_stage(index)?;
-        self.in_progress[index] = false;
+        self.in_progress.pop();
         self.results[index] = Some(result);
         Ok(())
+    }
+
+    /// `stage "a" → stage "b" → stage "a"`: the stages of a cycle, in the order each uses the next, back to
+    /// the first. Unnamed stages are shown as in progress lines, `stage-N`.
+    fn cycle_path(&self, cycle: &[usize]) -> String {
+        let mut path: Vec<String> = cycle
+            .iter()
+            .map(|&index| match &self.stages[index].name {
+                Some(name) => format!("stage {name:?}"),
+                None => format!("stage-{index}"),
+            })
+            .collect();
+        path.extend(path.first().cloned());
+        path.join(" → ")
     }
 
     /// A finished stage's result, converting it first if needed.
