@@ -230,6 +230,22 @@ impl StageState {
             empty_layer,
         });
     }
+
+    /// Starts the stage from what its FROM line names: that filesystem and config (with docker's PATH when
+    /// the config has none) and, from a stage, its variables.
+    fn inherit(&mut self, base: StageResult) {
+        self.state = base.state;
+        self.image = base.image;
+        if self.image.config.get_env("PATH").is_none() {
+            self.image.config.set_env("PATH", DEFAULT_PATH);
+        }
+        // A stage built FROM another keeps its ARGs, values included; the image's ENV is applied over them
+        // again, as BuildKit re-applies the config's Env to the state it inherits.
+        self.scope = base.scope.unwrap_or_default();
+        for (key, value) in self.image.config.env_pairs() {
+            self.scope.set(&key, &value);
+        }
+    }
 }
 
 impl<'a> Converter<'a> {
@@ -362,14 +378,7 @@ impl<'a> Converter<'a> {
     fn convert_stage(&mut self, index: usize) -> Result<StageResult, Diagnostic> {
         let stage = &self.stages[index];
         let location = stage.location.clone();
-        let name = stage_label(stage, index);
-        let platform = match &stage.platform {
-            Some(raw) => {
-                let expanded = self.expand_from_line(raw, &location)?;
-                Platform::parse(&expanded).map_err(|e| location.error_at(raw, e.to_string()))?
-            }
-            None => self.opts.target_platform.clone(),
-        };
+        let platform = self.stage_platform(stage, &location)?;
         let base = self.expand_from_line(&stage.base.clone(), &location)?;
         if base.is_empty() {
             return Err(location
@@ -379,61 +388,20 @@ impl<'a> Converter<'a> {
                 )
                 .hint("set the ARG it uses, e.g. with --build-arg"));
         }
-        let steps = 1 + stage
-            .instructions
-            .iter()
-            .filter(|i| {
-                matches!(
-                    i.command,
-                    Command::Run(_) | Command::Copy(_) | Command::Add(_) | Command::Workdir(_)
-                )
-            })
-            .count();
         let mut st = StageState {
             index,
-            name: name.clone(),
+            name: stage_label(stage, index),
             state: None,
             image: ImageInfo::default(),
             platform: platform.clone(),
             scope: Scope::default(),
             cmd_set: false,
             step: 0,
-            steps,
+            steps: count_steps(stage),
         };
         let from_description = st.next_description(&format!("FROM {base}"));
-        let inherited = if let Some(result) = self
-            .named_context(&base, &platform, true)
-            .map_err(|e| location.error_at(&stage.base, e))?
-        {
-            result
-        } else if let Some(parent) = self.stage_by_name(&base, index) {
-            self.stage_result(parent, &location)?
-        } else if base.eq_ignore_ascii_case("scratch") {
-            StageResult::image(None, ImageInfo::default(), &platform)
-        } else {
-            let image = self
-                .resolve_image(&base, &platform)
-                .map_err(|e| location.error_at(&stage.base, format!("failed to resolve {base}: {e}")))?;
-            let state = self.source(
-                Source::Image {
-                    reference: base.clone(),
-                },
-                Some(&platform),
-                from_description,
-            );
-            StageResult::image(Some(state), image, &platform)
-        };
-        st.state = inherited.state;
-        st.image = inherited.image;
-        if st.image.config.get_env("PATH").is_none() {
-            st.image.config.set_env("PATH", DEFAULT_PATH);
-        }
-        // A stage built FROM another keeps its ARGs, values included; the image's ENV is applied over them
-        // again, as BuildKit re-applies the config's Env to the state it inherits.
-        st.scope = inherited.scope.unwrap_or_default();
-        for (key, value) in st.image.config.env_pairs() {
-            st.scope.set(&key, &value);
-        }
+        let inherited = self.resolve_base(index, &base, &platform, from_description)?;
+        st.inherit(inherited);
         let triggers = std::mem::take(&mut st.image.config.on_build);
         for trigger in triggers {
             let instruction = parse_trigger(&trigger, &location)?;
@@ -448,6 +416,53 @@ impl<'a> Converter<'a> {
             platform,
             scope: Some(st.scope),
         })
+    }
+
+    /// `FROM --platform=`, expanded with the FROM-line scope; the target platform without it.
+    fn stage_platform(&mut self, stage: &Stage, location: &Location) -> Result<Platform, Diagnostic> {
+        match &stage.platform {
+            Some(raw) => {
+                let expanded = self.expand_from_line(raw, location)?;
+                Platform::parse(&expanded).map_err(|e| location.error_at(raw, e.to_string()))
+            }
+            None => Ok(self.opts.target_platform.clone()),
+        }
+    }
+
+    /// What the FROM line of stage `index` names, looked up in this order: a named context, an earlier
+    /// stage, `scratch`, an image.
+    fn resolve_base(
+        &mut self,
+        index: usize,
+        base: &str,
+        platform: &Platform,
+        from_description: String,
+    ) -> Result<StageResult, Diagnostic> {
+        let stage = &self.stages[index];
+        let location = &stage.location;
+        if let Some(result) = self
+            .named_context(base, platform, true)
+            .map_err(|e| location.error_at(&stage.base, e))?
+        {
+            return Ok(result);
+        }
+        if let Some(parent) = self.stage_by_name(base, index) {
+            return self.stage_result(parent, location);
+        }
+        if base.eq_ignore_ascii_case("scratch") {
+            return Ok(StageResult::image(None, ImageInfo::default(), platform));
+        }
+        let image = self
+            .resolve_image(base, platform)
+            .map_err(|e| location.error_at(&stage.base, format!("failed to resolve {base}: {e}")))?;
+        let state = self.source(
+            Source::Image {
+                reference: base.to_string(),
+            },
+            Some(platform),
+            from_description,
+        );
+        Ok(StageResult::image(Some(state), image, platform))
     }
 
     /// Routes one instruction to the function that converts it.
@@ -478,6 +493,20 @@ impl<'a> Converter<'a> {
 
 fn stage_label(stage: &Stage, index: usize) -> String {
     stage.name.clone().unwrap_or_else(|| format!("stage-{index}"))
+}
+
+/// The N in progress lines' `[stage i/N]`: FROM, then each instruction that adds a vertex.
+fn count_steps(stage: &Stage) -> usize {
+    1 + stage
+        .instructions
+        .iter()
+        .filter(|i| {
+            matches!(
+                i.command,
+                Command::Run(_) | Command::Copy(_) | Command::Add(_) | Command::Workdir(_)
+            )
+        })
+        .count()
 }
 
 fn parse_trigger(trigger: &str, loc: &Location) -> Result<Instruction, Diagnostic> {
