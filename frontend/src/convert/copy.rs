@@ -361,7 +361,7 @@ fn copy_description(keyword: &str, loc: &Location) -> String {
 }
 
 /// BuildKit's history text: the flags that change the files (expanded), the sources as expanded, the
-/// destination as expanded; --from, --link and --exclude are left out.
+/// destination as written (expanded, but not joined to WORKDIR); --from, --link and --exclude are left out.
 fn copy_history(keyword: &str, parents: bool, flags: &CopyFlags, gathered: &GatheredSources) -> String {
     let mut text = keyword.to_string();
     if parents {

@@ -8,6 +8,7 @@ use kiln_llb::image::ImageInfo;
 use kiln_llb::{Copy, FileAction, FileOp, Input, Meta, Op, Platform, Source, Vertex};
 
 impl<'a> Converter<'a> {
+    /// Adds a source vertex; sources belong to no stage.
     pub(super) fn source(
         &mut self,
         source: Source,
@@ -22,6 +23,7 @@ impl<'a> Converter<'a> {
             .add(Vertex::new(Op::Source(source), vec![], platform.cloned(), meta))
     }
 
+    /// The build context, less what `.dockerignore` excludes.
     pub(super) fn context_source(&mut self) -> Input {
         let exclude = self.opts.ignore_patterns.clone();
         self.source(
@@ -111,6 +113,7 @@ impl<'a> Converter<'a> {
         Ok(Some(StageResult::image(state, image, platform)))
     }
 
+    /// A base image's config from the resolver; an empty one without a resolver or when it knows none.
     pub(super) fn resolve_image(&self, reference: &str, platform: &Platform) -> Result<ImageInfo, String> {
         match self.resolver {
             Some(resolver) => Ok(resolver.resolve(reference, platform)?.unwrap_or_default()),
@@ -129,14 +132,14 @@ impl<'a> Converter<'a> {
             .named_context(from, &st.platform, false)
             .map_err(|e| loc.error_at(from, e))?
         {
-            return self.state_or_scratch(result.state, st);
+            return Ok(self.state_or_scratch(result.state, st));
         }
         if let Some(index) = self.stage_ref(from) {
             let result = self.stage_result(index, loc)?;
-            return self.state_or_scratch(result.state, st);
+            return Ok(self.state_or_scratch(result.state, st));
         }
         if from.eq_ignore_ascii_case("scratch") {
-            return self.state_or_scratch(None, st);
+            return Ok(self.state_or_scratch(None, st));
         }
         if from.parse::<usize>().is_ok() {
             return Err(loc
@@ -158,14 +161,11 @@ impl<'a> Converter<'a> {
         ))
     }
 
-    pub(super) fn state_or_scratch(
-        &mut self,
-        state: Option<Input>,
-        st: &StageState,
-    ) -> Result<Input, Diagnostic> {
-        Ok(match state {
+    /// A filesystem to read from, also where the stage or context named is empty (`FROM scratch`).
+    fn state_or_scratch(&mut self, state: Option<Input>, st: &StageState) -> Input {
+        match state {
             Some(input) => input,
             None => self.source(Source::Scratch, Some(&st.platform), "scratch".into()),
-        })
+        }
     }
 }

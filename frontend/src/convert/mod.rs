@@ -1,6 +1,20 @@
 //! Dockerfile → LLB: scopes ARG and ENV the way BuildKit does, expands the words of the instructions that
 //! expand variables, and turns the stages the target needs — and only those — into LLB vertices, while
 //! building the image config docker would write.
+//!
+//! The work is split as BuildKit's `dockerfile2llb` splits it. This file has the public API and the core:
+//! which stages the target needs, converting each one (platform, base, ONBUILD triggers, instructions) and
+//! routing each instruction to the function that converts it. The instructions live beside each other:
+//!
+//! - `scope.rs`: ARG, build args and the automatic platform args, and the expansion of words;
+//! - `config.rs`: the instructions that only change the image config (ENV, LABEL, USER, CMD, ...) and
+//!   WORKDIR;
+//! - `run.rs`: RUN, with `mount.rs` for the syntax of `--mount=`;
+//! - `copy.rs`: COPY and ADD;
+//! - `inputs.rs`: the filesystems those read: the build context, named contexts, images, other stages;
+//! - `heredoc.rs`: heredocs, for RUN and COPY;
+//! - `paths.rs`, `words.rs`, `go_format.rs`: helpers without state, for paths, the words of instructions
+//!   and Go's formatting in history text.
 
 use crate::ast::Dockerfile;
 use crate::instructions::{self, Command, Instruction, Location, Stage};
@@ -192,7 +206,9 @@ struct StageState {
     image: ImageInfo,
     platform: Platform,
     scope: Scope,
+    /// Whether this stage set CMD, which an ENTRYPOINT then leaves alone.
     cmd_set: bool,
+    /// The `i/N` of progress lines, `[name i/N]`.
     step: usize,
     steps: usize,
 }
@@ -281,6 +297,7 @@ impl<'a> Converter<'a> {
         self.stage_by_name(reference, self.stages.len())
     }
 
+    /// Adds a vertex of stage `st`, marked to run again when --no-cache or --no-cache-filter names the stage.
     fn add(
         &mut self,
         op: Op,
@@ -307,6 +324,8 @@ impl<'a> Converter<'a> {
             .add(Vertex::new(op, inputs, Some(platform.clone()), meta))
     }
 
+    /// Adds a vertex on the stage's platform with the instruction's lines, which an identical vertex made
+    /// by an earlier instruction keeps as its own.
     fn add_located(
         &mut self,
         op: Op,
