@@ -65,6 +65,25 @@ impl<'a> Converter<'a> {
         st: &mut StageState,
         args: &CopyArgs,
         loc: &Location,
+    ) -> Result<(), Diagnostic> {
+        self.copy_or_add(st, args, loc, false)
+    }
+
+    pub(super) fn dispatch_add(
+        &mut self,
+        st: &mut StageState,
+        args: &CopyArgs,
+        loc: &Location,
+    ) -> Result<(), Diagnostic> {
+        self.copy_or_add(st, args, loc, true)
+    }
+
+    /// COPY and ADD differ only in what ADD adds: URLs, git repositories, unpacking archives, --checksum.
+    fn copy_or_add(
+        &mut self,
+        st: &mut StageState,
+        args: &CopyArgs,
+        loc: &Location,
         is_add: bool,
     ) -> Result<(), Diagnostic> {
         let keyword = if is_add { "ADD" } else { "COPY" };

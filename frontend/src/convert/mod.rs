@@ -503,8 +503,8 @@ impl<'a> Converter<'a> {
             Command::Entrypoint(line) => self.dispatch_entrypoint(st, line),
             Command::Healthcheck(check) => self.dispatch_healthcheck(st, check, loc)?,
             Command::Run(run) => self.dispatch_run(st, run, loc)?,
-            Command::Copy(copy) => self.dispatch_copy(st, copy, loc, false)?,
-            Command::Add(add) => self.dispatch_copy(st, add, loc, true)?,
+            Command::Copy(copy) => self.dispatch_copy(st, copy, loc)?,
+            Command::Add(add) => self.dispatch_add(st, add, loc)?,
         }
         Ok(())
     }
