@@ -126,6 +126,7 @@ impl<'a> Converter<'a> {
         Ok(value)
     }
 
+    /// Expands a word of an instruction of stage `st`, with the stage's variables.
     pub(super) fn expand_in(
         &mut self,
         st: &StageState,
@@ -137,6 +138,8 @@ impl<'a> Converter<'a> {
         self.expand(word, &vars, location, Some(&declared))
     }
 
+    /// Expands a word of a FROM line, which sees only the global and automatic ARGs, recording
+    /// UndefinedArgInFrom findings.
     pub(super) fn expand_from_line(&mut self, word: &str, location: &Location) -> Result<String, Diagnostic> {
         let (value, matches) = self
             .lex
