@@ -116,6 +116,40 @@ fn unknown_target_and_cycles_are_errors_with_locations() {
 }
 
 #[test]
+fn a_cycle_error_names_every_stage_on_the_cycle() {
+    // c is FROM b, b mounts a, a copies from c: the error is at the COPY that closes the cycle.
+    let err = try_convert(
+        "FROM busybox AS a\nCOPY --from=c /x /x\n\
+         FROM busybox AS b\nRUN --mount=from=a,target=/a ls /a\n\
+         FROM b AS c\n",
+        &ConvertOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.contains("circular dependency detected on stage: c"), "{err}");
+    assert!(
+        err.contains(r#"stage "c" → stage "b" → stage "a" → stage "c""#),
+        "{err}"
+    );
+    assert!(err.contains(":2:"), "{err}");
+
+    // Unnamed stages, reached by index, are named as progress lines name them.
+    let err = try_convert(
+        "FROM busybox AS b\nCOPY --from=1 /x /x\nFROM b\n",
+        &ConvertOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.contains(r#"(stage-1 → stage "b" → stage-1)"#), "{err}");
+    assert!(err.contains(":2:"), "{err}");
+
+    let err = try_convert(
+        "FROM busybox AS a\nCOPY --from=a /x /x\n",
+        &ConvertOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.contains(r#"(stage "a" → stage "a")"#), "{err}");
+}
+
+#[test]
 fn identical_steps_share_a_digest_across_stages_and_dockerfiles() {
     let a = converted("FROM busybox AS one\nRUN echo same\nFROM busybox\nRUN echo same\n");
     // Both stages' RUN are the same vertex: one exec in the graph.
