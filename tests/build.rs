@@ -8,6 +8,10 @@ use std::path::Path;
 use std::process::Command;
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn multi_stage_with_copy_from_user_workdir_env_and_args() {
     let env = Env::new();
     let ctx = env.context(
@@ -50,6 +54,10 @@ fn multi_stage_with_copy_from_user_workdir_env_and_args() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn run_deleting_base_files_leaves_whiteouts() {
     let env = Env::new();
     let ctx = env.context(
@@ -68,6 +76,10 @@ fn run_deleting_base_files_leaves_whiteouts() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn failed_step_reports_instruction_line_exit_code_and_output() {
     let env = Env::new();
     let ctx = env.context(
@@ -96,6 +108,10 @@ fn failed_step_reports_instruction_line_exit_code_and_output() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn independent_stages_run_concurrently() {
     let env = Env::new();
     // Each stage announces itself in a shared cache mount and waits (up to 30 s) to see the other: they only
@@ -120,6 +136,10 @@ fn independent_stages_run_concurrently() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn unchanged_rebuild_runs_nothing_and_a_changed_file_reruns_only_what_reads_it() {
     let env = Env::new();
     let ctx = env.context(
@@ -168,6 +188,10 @@ fn unchanged_rebuild_runs_nothing_and_a_changed_file_reruns_only_what_reads_it()
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn target_builds_never_touch_unneeded_stages() {
     let env = Env::new();
     let ctx = env.context(
@@ -189,6 +213,10 @@ fn target_builds_never_touch_unneeded_stages() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn copy_and_add_rules() {
     let env = Env::new();
     let ctx = env.context(
@@ -249,6 +277,10 @@ fn copy_and_add_rules() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn built_images_are_valid_for_real_clients() {
     let env = Env::new();
     let ctx = env.context(
@@ -309,6 +341,10 @@ fn built_images_are_valid_for_real_clients() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn iidfile_and_metadata_file() {
     let env = Env::new();
     let ctx = env.context("meta", &[("Dockerfile", "FROM busybox\nLABEL a=b\n")]);
@@ -349,6 +385,10 @@ fn iidfile_and_metadata_file() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn the_readme_example_builds_and_runs() {
     let env = Env::new();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -391,6 +431,10 @@ fn serve(body: &'static [u8]) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn add_from_a_url_verifies_its_checksum() {
     let env = Env::new();
     let url = serve(b"remote content\n");
@@ -425,6 +469,10 @@ fn add_from_a_url_verifies_its_checksum() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn named_contexts_from_images_and_oci_layouts() {
     let env = Env::new();
     let layout = env.work.join("named-layout");
@@ -453,6 +501,10 @@ fn named_contexts_from_images_and_oci_layouts() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn a_failing_step_stops_the_build_without_waiting_for_its_siblings() {
     let env = Env::new();
     // The slow sibling would leave a mark in its cache mount if it ever finished; a sleep no other test uses
@@ -514,6 +566,10 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn no_cache_and_no_cache_filter_rerun_what_they_name() {
     let env = Env::new();
     let ctx = env.context(
@@ -540,6 +596,10 @@ fn no_cache_and_no_cache_filter_rerun_what_they_name() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn secrets_reach_run_but_not_the_image_nor_the_disk_after_the_build() {
     let env = Env::new();
     let ctx = env.context(

@@ -48,6 +48,10 @@ fn build_history(inspect: &serde_json::Value, n: usize) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn arg_and_env_scoping_as_run_sees_it() {
     let env = Env::new();
     let ctx = env.context(
@@ -83,6 +87,10 @@ fn arg_and_env_scoping_as_run_sees_it() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn workdir_creates_directories_owned_by_the_user() {
     let env = Env::new();
     let ctx = env.context(
@@ -129,6 +137,10 @@ fn workdir_creates_directories_owned_by_the_user() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn copy_owners_of_files_and_the_directories_it_creates() {
     let env = Env::new();
     let ctx = env.context(
@@ -208,6 +220,10 @@ fn copy_owners_of_files_and_the_directories_it_creates() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn copy_from_a_stage_keeps_owners_and_modes_unless_chown() {
     let env = Env::new();
     let ctx = env.context(
@@ -274,6 +290,10 @@ fn copy_from_a_stage_keeps_owners_and_modes_unless_chown() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn add_extracts_a_local_tar_gz_with_its_owners_and_modes() {
     let env = Env::new();
     let ctx = env.context(
@@ -357,6 +377,10 @@ fn add_extracts_a_local_tar_gz_with_its_owners_and_modes() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn wildcards_that_match_nothing_copy_nothing() {
     let env = Env::new();
     let ctx = env.context(
@@ -386,6 +410,10 @@ fn wildcards_that_match_nothing_copy_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn history_and_config_entries() {
     let env = Env::new();
     let ctx = env.context(

@@ -127,6 +127,10 @@ fn big_file() -> String {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn build_keeps_layers_uncompressed_and_push_compresses_them_once() {
     let env = Env::new();
     let big = big_file();
@@ -216,6 +220,10 @@ fn build_keeps_layers_uncompressed_and_push_compresses_them_once() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn docker_media_types_stay_docker_when_pushed() {
     let env = Env::new();
     let ctx = env.context(
@@ -249,6 +257,10 @@ fn docker_media_types_stay_docker_when_pushed() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn a_multi_platform_image_is_pushed_compressed_and_pulled_per_platform() {
     let env = Env::multiarch();
     let ctx = env.context(
@@ -322,6 +334,10 @@ fn a_multi_platform_image_is_pushed_compressed_and_pulled_per_platform() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn an_explicit_compression_is_applied_at_build_time() {
     let env = Env::new();
     let ctx = env.context(
@@ -363,6 +379,10 @@ fn an_explicit_compression_is_applied_at_build_time() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn exports_of_an_image_built_on_a_lazy_base_compress_its_layers() {
     let env = Env::new();
     let base_ctx = env.context(
@@ -418,6 +438,10 @@ fn exports_of_an_image_built_on_a_lazy_base_compress_its_layers() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn pushing_a_stored_build_gives_the_digest_build_push_gives() {
     let env = Env::new();
     let ctx = env.context(

@@ -22,6 +22,10 @@ RUN uname -m > /arch && echo $TARGETPLATFORM > /platform
 ";
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn multi_platform_build_shares_the_build_platform_stage_and_emulates_arm64() {
     let env = Env::multiarch();
     let ctx = env.context("cross", &[("Dockerfile", CROSS)]);
@@ -67,6 +71,10 @@ fn multi_platform_build_shares_the_build_platform_stage_and_emulates_arm64() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn oci_output_of_a_multi_platform_build_is_an_index_skopeo_reads() {
     let env = Env::multiarch();
     let ctx = env.context("cross-oci", &[("Dockerfile", CROSS)]);
@@ -101,6 +109,10 @@ fn oci_output_of_a_multi_platform_build_is_an_index_skopeo_reads() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn reproducible_builds_give_identical_digests_on_different_stores_at_different_times() {
     let dockerfile = "\
 FROM busybox AS build
@@ -157,6 +169,10 @@ CMD [\"cat\", \"/out/file\"]
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn filesystem_and_archive_outputs() {
     let env = Env::new();
     let ctx = env.context(
@@ -248,6 +264,10 @@ fn filesystem_and_archive_outputs() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn push_of_a_multi_platform_image_is_pulled_back_by_skopeo_for_each_platform() {
     let env = Env::multiarch();
     let registry = kiln_testutil::Registry::start();
@@ -270,6 +290,10 @@ fn push_of_a_multi_platform_image_is_pulled_back_by_skopeo_for_each_platform() {
 }
 
 #[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: builds mount overlayfs and run RUN steps in namespaces"
+)]
 fn run_for_an_unregistered_architecture_says_how_to_register_qemu() {
     let env = Env::new();
     let ctx = env.context(

@@ -1,5 +1,5 @@
-//! The RUN sandbox, for real: namespaces, overlayfs, pivot_root. Needs root (CI runs the tests as root); as
-//! another user every test prints a note and passes without running. The rootfs is made from the host's
+//! The RUN sandbox, for real: namespaces, overlayfs, pivot_root. Needs root (CI runs the tests as root); built
+//! by another user, the tests that need it are ignored with the reason (see build.rs). The rootfs is made from the host's
 //! busybox-static.
 
 use std::collections::BTreeSet;
@@ -46,14 +46,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn is_root() -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("note: skipping a sandbox test: namespaces and overlayfs need root");
-    false
 }
 
 /// A busybox rootfs in `dir`. No /proc, /dev, /sys or /etc/hosts: the sandbox must create (and afterwards
@@ -174,10 +166,8 @@ fn run(spec: &ExecSpec) -> Output {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn output_and_exit_codes() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("exit");
     let out = run(&fx.spec("echo hello; echo oops >&2"));
     assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("hello\n", "oops\n"));
@@ -214,10 +204,8 @@ fn output_and_exit_codes() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn command_is_pid_1_and_init_mode_reaps_and_reports_signals() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("pid1");
     assert_eq!(run(&fx.spec("echo $$")).stdout, "1\n");
 
@@ -267,10 +255,8 @@ fn helper_running(marker: &str) -> Option<rustix::process::Pid> {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn signals_from_kiln_reach_the_command() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("signals");
     for init in [false, true] {
         let marker = format!("kiln-signal-test-{init}");
@@ -306,10 +292,8 @@ fn signals_from_kiln_reach_the_command() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn the_sandbox_dies_with_kiln() {
-    if !is_root() {
-        return;
-    }
     use std::io::BufRead;
     let fx = Fixture::new("orphan");
     for (init, user) in [(false, "nobody"), (true, "")] {
@@ -353,10 +337,8 @@ fn the_sandbox_dies_with_kiln() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn attached_run_returns_the_exit_code() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("attached");
     let spec = fx.spec("echo attached > /out; exit 7");
     let (tx, rx) = mpsc::channel();
@@ -376,10 +358,8 @@ fn attached_run_returns_the_exit_code() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn hostname_devices_proc() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("basics");
     let out = run(&fx.spec("hostname; cat /etc/hostname"));
     assert_eq!(out.stdout, "buildkitsandbox\nbuildkitsandbox\n");
@@ -432,10 +412,8 @@ fn interfaces(stdout: &str) -> BTreeSet<String> {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn network_none_and_host() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("net");
     let mut spec = fx.spec("cat /proc/net/dev");
     spec.network = Network::None;
@@ -450,10 +428,8 @@ fn network_none_and_host() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn writes_land_in_the_upper_dir_and_whiteouts() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("layers");
     run(&fx.spec("echo new > /newfile && rm /etc/lowerfile && mkdir -p /var/x && echo y > /var/x/y"));
     let upper = fx.upper();
@@ -473,10 +449,8 @@ fn writes_land_in_the_upper_dir_and_whiteouts() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn lower_dirs_stack_top_first() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("stack");
     let top = fx.path("top");
     std::fs::create_dir_all(top.join("data")).unwrap();
@@ -490,10 +464,8 @@ fn lower_dirs_stack_top_first() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn scratch_rootfs_without_lower_dirs() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("scratch");
     let mut spec = fx.spec("");
     spec.lower_dirs.clear();
@@ -505,10 +477,8 @@ fn scratch_rootfs_without_lower_dirs() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn users_and_groups() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("users");
     let id = |user: &str| {
         let mut spec = fx.spec("id -u; id -g; id -G; echo $HOME");
@@ -554,10 +524,8 @@ fn users_and_groups() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn cwd_env_and_home() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("cwd");
     let mut spec = fx.spec("pwd; env | grep -v '^PWD=' | grep -v '^SHLVL=' | sort");
     spec.cwd = "/work/dir".into();
@@ -580,10 +548,8 @@ fn cwd_env_and_home() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn no_descriptor_of_kiln_leaks() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("fds");
     // An inheritable descriptor in the parent, as a careless library might leave one.
     let file = std::fs::File::open(BUSYBOX).unwrap();
@@ -597,10 +563,8 @@ fn no_descriptor_of_kiln_leaks() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn generated_etc_files_and_stub_cleanup() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("stubs");
     let out = run(&fx.spec("cat /etc/hosts; grep -c nameserver /etc/resolv.conf; cat /etc/hostname"));
     assert!(
@@ -643,10 +607,8 @@ fn generated_etc_files_and_stub_cleanup() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn bind_tmpfs_and_overlay_mounts() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("mounts");
     let shared = fx.path("shared");
     std::fs::create_dir(&shared).unwrap();
@@ -704,10 +666,8 @@ fn bind_tmpfs_and_overlay_mounts() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn host_files_are_out_of_reach() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("escape");
     let sentinel = fx.path("sentinel");
     std::fs::write(&sentinel, "secret\n").unwrap();
@@ -748,10 +708,8 @@ fn host_files_are_out_of_reach() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn missing_executable_is_a_clear_error() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("noexec");
     let mut spec = fx.spec("");
     spec.args = vec!["frobnicate".into(), "--now".into()];
@@ -776,10 +734,8 @@ fn missing_executable_is_a_clear_error() {
 }
 
 #[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn setup_errors_are_reported() {
-    if !is_root() {
-        return;
-    }
     let fx = Fixture::new("setup-err");
     let mut spec = fx.spec("true");
     spec.lower_dirs = vec![fx.path("does-not-exist")];
@@ -818,7 +774,10 @@ fn emulation_check() {
         return;
     }
     let entry = Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64");
-    if !entry.exists() && is_root() && Path::new("/usr/lib/binfmt.d/qemu-aarch64.conf").exists() {
+    if !entry.exists()
+        && rustix::process::geteuid().is_root()
+        && Path::new("/usr/lib/binfmt.d/qemu-aarch64.conf").exists()
+    {
         let status = std::process::Command::new("/lib/systemd/systemd-binfmt")
             .arg("/usr/lib/binfmt.d/qemu-aarch64.conf")
             .status();
