@@ -181,3 +181,15 @@ fn dockerfile_from_stdin() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("echo from-stdin") && !stdout(&out).contains("from-the-file"));
 }
+
+#[test]
+fn an_error_names_each_cause_once() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--root", "/proc/1/no-such-store", "images"])
+        .output()
+        .expect("kiln runs");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("open the store at /proc/1/no-such-store"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}

@@ -21,7 +21,7 @@ pub enum IgnoreError {
         pattern: String,
         reason: String,
     },
-    #[error("reading {path}")]
+    #[error("reading {path}: {source}")]
     Io {
         path: String,
         #[source]

@@ -53,9 +53,9 @@ pub enum SelectError {
         if *in_context { " (file not found in build context or excluded by .dockerignore)" } else { "" }
     )]
     SourceNotFound { path: String, in_context: bool },
-    #[error("invalid pattern")]
-    InvalidPattern(#[source] IgnoreError),
-    #[error("{op} {path}")]
+    #[error("invalid pattern: {0}")]
+    InvalidPattern(IgnoreError),
+    #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
         path: String,
