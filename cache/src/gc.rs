@@ -742,15 +742,9 @@ enum Resource {
     Snapshot(SnapshotId),
 }
 
-/// Removes a file or a directory tree (std's removal does not follow symlinks inside the tree).
+/// Removes a file or a directory tree, following no symlink in it.
 pub(crate) fn remove_any(path: &std::path::Path) -> Result<()> {
-    let r = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    };
-    r.ctx(|| format!("remove {}", path.display()))
+    kiln_fsutil::root::remove_path(path).ctx(|| format!("remove {}", path.display()))
 }
 
 /// Bytes of regular files under `path` (for directories the database has no size for).

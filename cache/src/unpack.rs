@@ -189,10 +189,8 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        match std::fs::remove_dir_all(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "could not remove temp dir"),
+        if let Err(e) = kiln_fsutil::root::remove_path(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove temp dir");
         }
     }
 }

@@ -14,7 +14,6 @@ pub(crate) fn write_file(dest: &Path, write: impl FnOnce(&mut dyn Write) -> Resu
     let (dir, tmp) = temp_beside(dest)?;
     let guard = Temp {
         path: tmp.clone(),
-        dir: false,
         persisted: false,
     };
     let file = File::options()
@@ -47,7 +46,6 @@ impl TempDir {
         Ok(TempDir {
             temp: Temp {
                 path,
-                dir: true,
                 persisted: false,
             },
             parent,
@@ -67,7 +65,6 @@ impl TempDir {
 /// A temporary file or directory, removed when dropped unless persisted.
 struct Temp {
     path: PathBuf,
-    dir: bool,
     persisted: bool,
 }
 
@@ -91,11 +88,7 @@ impl Drop for Temp {
         if self.persisted {
             return;
         }
-        let removed = if self.dir {
-            std::fs::remove_dir_all(&self.path)
-        } else {
-            std::fs::remove_file(&self.path)
-        };
+        let removed = kiln_fsutil::root::remove_path(&self.path);
         if let Err(e) = removed
             && e.kind() != std::io::ErrorKind::NotFound
         {

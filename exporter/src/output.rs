@@ -442,12 +442,7 @@ fn clear_slot(dir: BorrowedFd<'_>, name: &OsStr, keep_dir: bool) -> io::Result<b
             if keep_dir {
                 return Ok(true);
             }
-            // Through the fd link, std's removal starts at `name` in `dir` itself and follows no symlink
-            // below it.
-            let path = Path::new("/proc/self/fd")
-                .join(dir.as_raw_fd().to_string())
-                .join(name);
-            std::fs::remove_dir_all(path)?;
+            kiln_fsutil::root::remove_tree(dir.as_fd(), name)?;
             Ok(false)
         }
         Ok(_) => Ok(unlinkat(dir, name, AtFlags::empty()).map(|()| false)?),

@@ -441,7 +441,7 @@ impl ScratchDir {
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         // Nothing is mounted here from kiln's point of view: the mounts lived in the helper's namespace.
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+        if let Err(e) = kiln_fsutil::root::remove_path(&self.0) {
             tracing::warn!(dir = %self.0.display(), error = %e, "could not remove the sandbox scratch dir");
         }
     }

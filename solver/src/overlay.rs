@@ -94,7 +94,7 @@ impl Drop for MountedTree {
         let _ = unmount(&self.mount_point, UnmountFlags::DETACH);
         let _ = std::fs::remove_dir(&self.mount_point);
         if let Some(scratch) = &self.scratch {
-            let _ = std::fs::remove_dir_all(scratch);
+            let _ = kiln_fsutil::root::remove_path(scratch);
         }
     }
 }
