@@ -37,7 +37,7 @@ pub struct GlobalArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Build an image from a Dockerfile
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Run a command in an image, in the same sandbox builds use
     Run(RunArgs),
     /// Inspect kiln's view of a Dockerfile
@@ -69,6 +69,8 @@ pub enum Command {
     Save(SaveArgs),
     /// Remove unused blobs and snapshots (and, with --all, build cache)
     Prune(PruneArgs),
+    /// Say why each step the last build ran missed the cache (as `build --explain-cache` does)
+    Explain,
     /// Show disk use
     Du {
         /// Per image and cache record
@@ -127,6 +129,17 @@ pub struct BuildArgs {
     /// Always look up base images in their registry, even when the store has them
     #[arg(long)]
     pub pull: bool,
+    /// Export the build cache: type=registry,ref=REF | type=local,dest=DIR | type=inline, with mode=min|max,
+    /// compression=, compression-level=, ignore-error=, image-manifest=, oci-mediatypes= (buildx's options)
+    #[arg(long = "cache-to", value_name = "OPTS")]
+    pub cache_to: Vec<String>,
+    /// Use a build cache from elsewhere, tried in order: type=registry,ref=REF (or just REF, also an image
+    /// with an inline cache) | type=local,src=DIR[,digest=...]
+    #[arg(long = "cache-from", value_name = "OPTS")]
+    pub cache_from: Vec<String>,
+    /// Say for every step that misses the cache why: what changed against the nearest record of that step
+    #[arg(long = "explain-cache")]
+    pub explain_cache: bool,
     /// Write the image ID to this file
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,

@@ -18,10 +18,12 @@ use kiln_frontend::convert::{self, Converted};
 use kiln_frontend::lint::{self, CheckConfig, LintWarning};
 use kiln_llb::{Definition, Platform};
 use kiln_registry::RegistryClient;
+use kiln_remotecache::{CacheFrom, CacheTo, Destination, ExportRequest, Mode};
 use kiln_solver::SolveError;
 use kiln_solver::executor::{Cancel, Executor, SecretBytes};
 use kiln_solver::progress::EventSender;
-use kiln_solver::solve::{SolveOptions, SolveStats, Solver, SolverParts};
+use kiln_solver::records::{CacheImport, FinishedRecord, Miss};
+use kiln_solver::solve::{Explanation, SolveOptions, SolveStats, Solver, SolverParts};
 use kiln_solver::source::{BaseImages, HttpSource, ImageSource, LayerRef, LocalSource, Sources};
 
 pub use dockerfile::{Dockerfile, NamedContextSpec};
@@ -56,6 +58,12 @@ pub struct BuildRequest {
     pub push: bool,
     /// Makes the output reproducible: times in configs and layers are this, in seconds since 1970.
     pub source_date_epoch: Option<u64>,
+    /// `--cache-to`: where the build's cache records go.
+    pub cache_to: Vec<CacheTo>,
+    /// `--cache-from`: caches a miss in the store falls back to, in order.
+    pub cache_from: Vec<CacheFrom>,
+    /// `--explain-cache`: say why each step that missed did.
+    pub explain_cache: bool,
 }
 
 impl BuildRequest {
@@ -78,6 +86,9 @@ impl BuildRequest {
             tags: Vec::new(),
             push: false,
             source_date_epoch: None,
+            cache_to: Vec::new(),
+            cache_from: Vec::new(),
+            explain_cache: false,
         }
     }
 
@@ -106,8 +117,11 @@ pub struct BuildResult {
     /// The image the first image output wrote: what `--iidfile` and `--metadata-file` speak of.
     pub image: Option<ExportedImage>,
     pub stats: SolveStats,
-    /// Lint findings of the enabled rules and build args no stage used, each one line.
+    /// Lint findings of the enabled rules, build args no stage used, caches that could not be used, each
+    /// one line.
     pub warnings: Vec<String>,
+    /// With `explain_cache`: why each step that missed the cache did.
+    pub explanations: Vec<Explanation>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +141,12 @@ pub enum BuildError {
     Export(#[from] kiln_exporter::Error),
     #[error(transparent)]
     Store(#[from] kiln_cache::Error),
+    /// A `--cache-to` failed (and `ignore-error=true` was not given).
+    #[error("exporting the build cache to {destination}: {source}")]
+    CacheExport {
+        destination: String,
+        source: Box<kiln_remotecache::Error>,
+    },
 }
 
 /// Builds on one store, pulling and pushing through one registry client, running RUN steps with one
@@ -174,6 +194,12 @@ impl Builder {
         let context = std::fs::canonicalize(&req.context)
             .map_err(|e| BuildError::Usage(format!("build context {}: {e}", req.context.display())))?;
         let outputs = req.outputs();
+        // The cache descriptions are fetched while the Dockerfile is converted.
+        let imports = {
+            let (store, registry) = (store.clone(), self.registry.clone());
+            let (from, platforms) = (req.cache_from.clone(), req.platforms());
+            tokio::spawn(async move { open_imports(&store, &registry, &from, &platforms).await })
+        };
         let bases = Arc::new(BaseImages::new(
             store.clone(),
             self.registry.clone(),
@@ -202,6 +228,8 @@ impl Builder {
                 Arc::new(LocalSource::new(dockerfile::local_dirs(req, &context))),
             )
             .register("http", Arc::new(HttpSource::new(store.clone())));
+        let (imports, import_warnings) = imports.await.unwrap_or_default();
+        warnings.extend(import_warnings);
         let definitions: Vec<Definition> = converted.iter().map(|c| c.definition.clone()).collect();
         let parts = SolverParts {
             store: store.clone(),
@@ -212,22 +240,47 @@ impl Builder {
                     .max_parallelism
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
                 secrets: req.secrets.clone(),
+                explain: req.explain_cache,
             },
             events,
             cancel: cancel.clone(),
+            imports,
         };
         let solver = Solver::new(parts, &definitions).map_err(BuildError::Solve)?;
         let solved =
             futures::future::try_join_all(converted.iter().map(|c| solver.solve(c.definition.root))).await;
         solver.save_indexes();
         let stats = solver.stats();
+        let finished = solver.finished();
+        let explanations = solver.explanations();
         drop(solver);
-        let solved = solved.map_err(BuildError::Solve)?;
+        record_misses(store, &finished);
+        let solved = match solved {
+            Ok(solved) => solved,
+            Err(error) => {
+                for warning in self.export_failed(store, req, &finished).await {
+                    tracing::warn!("{warning}");
+                }
+                return Err(BuildError::Solve(error));
+            }
+        };
 
+        let inline = req
+            .cache_to
+            .iter()
+            .any(|to| to.destination == Destination::Inline);
         let platforms: Vec<PlatformResult> = converted
             .iter()
-            .zip(solved)
-            .map(|(c, layers)| platform_result(c, &layers))
+            .zip(&solved)
+            .map(|(c, layers)| {
+                let mut result = platform_result(c, layers);
+                if inline && let Some(description) = kiln_remotecache::inline_description(&finished, layers) {
+                    result
+                        .config_extra
+                        .insert(kiln_remotecache::description::INLINE_KEY.to_string(), description);
+                }
+                result
+            })
             .collect();
         let report = |step: String| tracing::info!("{step}");
         let input = ExportInput {
@@ -246,12 +299,176 @@ impl Builder {
                 image = exported;
             }
         }
+        let image_names = image_names(req, &outputs);
+        for to in req
+            .cache_to
+            .iter()
+            .filter(|to| to.destination != Destination::Inline)
+        {
+            let export = ExportRequest {
+                store,
+                registry: &self.registry,
+                records: &finished,
+                finals: &solved,
+                source_date_epoch: req.source_date_epoch,
+                image_names: &image_names,
+            };
+            match kiln_remotecache::export(to, &export).await {
+                Ok(summary) => tracing::info!(
+                    "exported the build cache to {}: {} records, {} layers",
+                    destination_name(to),
+                    summary.records,
+                    summary.layers
+                ),
+                Err(e) if to.ignore_error => {
+                    warnings.push(format!(
+                        "exporting the build cache to {} failed (ignore-error=true): {e}",
+                        destination_name(to)
+                    ));
+                }
+                Err(source) => {
+                    return Err(BuildError::CacheExport {
+                        destination: destination_name(to),
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
         Ok(BuildResult {
             image,
             stats,
             warnings,
+            explanations,
         })
     }
+
+    /// A failed build has no final image, so each `--cache-to` (but inline) gets every step that finished,
+    /// whatever its mode: the next build skips them. Returns what happened, as warnings.
+    async fn export_failed(
+        &self,
+        store: &Store,
+        req: &BuildRequest,
+        finished: &[FinishedRecord],
+    ) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for to in req
+            .cache_to
+            .iter()
+            .filter(|to| to.destination != Destination::Inline)
+        {
+            let to = CacheTo {
+                mode: Mode::Max,
+                ..to.clone()
+            };
+            let export = ExportRequest {
+                store,
+                registry: &self.registry,
+                records: finished,
+                finals: &[],
+                source_date_epoch: req.source_date_epoch,
+                image_names: &req.tags,
+            };
+            warnings.push(match kiln_remotecache::export(&to, &export).await {
+                Ok(summary) => format!(
+                    "the build failed; exported the cache of the {} steps that finished to {}",
+                    summary.records,
+                    destination_name(&to)
+                ),
+                Err(e) => format!(
+                    "the build failed, and exporting its cache to {} failed too: {e}",
+                    destination_name(&to)
+                ),
+            });
+        }
+        warnings
+    }
+}
+
+/// Remembers which steps ran, for `kiln explain`; failing to is not worth failing the build over.
+fn record_misses(store: &Store, finished: &[FinishedRecord]) {
+    let misses: Vec<Miss> = finished
+        .iter()
+        .filter(|f| f.ran)
+        .map(|f| Miss {
+            key: f.key.clone(),
+            inputs: f.inputs.clone(),
+        })
+        .collect();
+    let bytes = (!misses.is_empty()).then(|| serde_json::to_vec(&misses).unwrap_or_default());
+    if let Err(e) = store.set_last_build_misses(bytes.as_deref()) {
+        tracing::warn!("{e}");
+    }
+}
+
+/// `kiln explain`: why each step the last build on `store` ran had no cache record, against the store's
+/// records of the same step (those the build itself wrote left out).
+pub fn explain_last(store: &Store) -> Result<Option<Vec<Explanation>>, BuildError> {
+    let Some(bytes) = store.last_build_misses()? else {
+        return Ok(None);
+    };
+    let misses: Vec<Miss> = serde_json::from_slice(&bytes)
+        .map_err(|e| BuildError::Usage(format!("the store's record of the last build is unreadable: {e}")))?;
+    let own: std::collections::HashSet<String> = misses.iter().map(|m| m.key.clone()).collect();
+    let known = kiln_solver::records::recorded_inputs(store, &own)?;
+    Ok(Some(
+        misses
+            .iter()
+            .filter(|m| !m.inputs.description.is_empty())
+            .map(|m| Explanation {
+                description: m.inputs.description.clone(),
+                reasons: kiln_solver::records::explain(
+                    &m.inputs,
+                    known.get(&m.inputs.step).map_or(&[][..], Vec::as_slice),
+                ),
+            })
+            .collect(),
+    ))
+}
+
+/// Opens each `--cache-from` in order; one that cannot be used is a warning, and the build goes on
+/// without it.
+async fn open_imports(
+    store: &Store,
+    registry: &RegistryClient,
+    from: &[CacheFrom],
+    platforms: &[Platform],
+) -> (Vec<Arc<dyn CacheImport>>, Vec<String>) {
+    let opened = futures::future::join_all(
+        from.iter()
+            .map(|f| kiln_remotecache::open(f, store, registry, platforms)),
+    )
+    .await;
+    let mut imports: Vec<Arc<dyn CacheImport>> = Vec::new();
+    let mut warnings = Vec::new();
+    for (f, result) in from.iter().zip(opened) {
+        match result {
+            Ok(caches) => imports.extend(caches.into_iter().map(|c| Arc::new(c) as Arc<dyn CacheImport>)),
+            Err(reason) => warnings.push(format!(
+                "--cache-from {}: {reason}; building without it",
+                f.name()
+            )),
+        }
+    }
+    (imports, warnings)
+}
+
+fn destination_name(to: &CacheTo) -> String {
+    match &to.destination {
+        Destination::Registry { reference, .. } => reference.clone(),
+        Destination::Local { dest, .. } => dest.display().to_string(),
+        Destination::Inline => "the image config".to_string(),
+    }
+}
+
+/// The names the build's images get: where a registry export can mount blobs from.
+fn image_names(req: &BuildRequest, outputs: &[Output]) -> Vec<String> {
+    let mut names = req.tags.clone();
+    for output in outputs {
+        if let Kind::Image { names: more, .. } = &output.kind {
+            names.extend(more.iter().cloned());
+        }
+    }
+    names
 }
 
 /// The graphs of a build, one per platform, without resolving any base image: what `kiln debug llb` shows.
@@ -350,5 +567,6 @@ fn platform_result(c: &Converted, layers: &[LayerRef]) -> PlatformResult {
             .map(|b| b.manifest),
         base_layers,
         layers: layers.iter().map(|l| l.snapshot.clone()).collect(),
+        config_extra: BTreeMap::new(),
     }
 }

@@ -67,6 +67,8 @@ pub struct CacheRecordUsage {
     pub last_used: u64,
     /// Held by a live lease.
     pub in_use: bool,
+    /// The `--cache-from` source it was imported from; `None` for a step built here.
+    pub imported_from: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -420,7 +422,7 @@ impl Store {
         for (key, rec) in &inv.db.cache_records {
             let res = inv.record_closure(rec).res;
             roots.push(res.clone());
-            record_res.push((key.clone(), rec.last_used, res));
+            record_res.push((key.clone(), rec.last_used, rec.imported_from.clone(), res));
         }
         for (_, lease) in inv.live_leases() {
             roots.push(inv.lease_closure(lease).res);
@@ -459,12 +461,13 @@ impl Store {
             .collect();
         let cache_records = record_res
             .iter()
-            .map(|(key, last_used, res)| CacheRecordUsage {
+            .map(|(key, last_used, imported_from, res)| CacheRecordUsage {
                 key: key.clone(),
                 size: inv.size(res),
                 unique_size: inv.size(&unique(res)),
                 last_used: *last_used,
                 in_use: leased.contains(key),
+                imported_from: imported_from.clone(),
             })
             .collect();
         let all_records: BTreeSet<String> = inv.db.cache_records.iter().map(|(k, _)| k.clone()).collect();

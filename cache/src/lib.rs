@@ -61,6 +61,9 @@ pub use unpack::Compression;
 
 use crate::error::IoContext;
 
+/// The file under the store root naming the steps the last build ran.
+const LAST_BUILD_MISSES: &str = "last-build-misses.json";
+
 /// A handle on a store root. Cheap to clone; holds no open files or locks between calls.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -91,6 +94,30 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Records which steps the last build ran (missed every cache), as JSON the solver defines, for
+    /// `kiln explain`. A build that missed nothing removes the file, which costs no sync.
+    pub fn set_last_build_misses(&self, misses: Option<&[u8]>) -> Result<()> {
+        let path = self.root.join(LAST_BUILD_MISSES);
+        let what = || format!("record the last build's misses in {}", path.display());
+        match misses {
+            Some(bytes) => context_index::write_atomically(&path, bytes).ctx(what),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx(what),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// What [`Store::set_last_build_misses`] recorded.
+    pub fn last_build_misses(&self) -> Result<Option<Vec<u8>>> {
+        let path = self.root.join(LAST_BUILD_MISSES);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx(|| format!("read {}", path.display())),
+        }
     }
 
     /// A handle that records everything it writes (blobs, snapshots, cache records) in `lease`, in the

@@ -200,6 +200,12 @@ pub struct CacheRecord {
     pub snapshots: Vec<SnapshotId>,
     pub created: u64,
     pub last_used: u64,
+    /// What the key was made of, readable, for explaining later misses (the solver's `KeyInputs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<serde_json::Value>,
+    /// The cache (`--cache-from` source) the record was imported from; `None` for a step built here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
 }
 
 /// A `RUN --mount=type=cache` directory: which id it is, and when it was last used (for prune).

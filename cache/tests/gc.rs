@@ -12,6 +12,8 @@ fn cache_record(blobs: Vec<Digest>, snapshots: Vec<SnapshotId>, last_used: u64) 
         snapshots,
         created: last_used,
         last_used,
+        inputs: None,
+        imported_from: None,
     }
 }
 

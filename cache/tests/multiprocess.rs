@@ -57,6 +57,8 @@ fn child_writer() {
             snapshots: vec![],
             created: 1,
             last_used: 1,
+            inputs: None,
+            imported_from: None,
         };
         leased
             .put_cache_record(&format!("c{id}-{i}"), &rec)

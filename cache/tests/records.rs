@@ -125,6 +125,8 @@ fn cache_record(blobs: Vec<Digest>, snapshots: Vec<SnapshotId>) -> CacheRecord {
         snapshots,
         created: 5,
         last_used: 6,
+        inputs: None,
+        imported_from: None,
     }
 }
 

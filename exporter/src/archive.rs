@@ -80,7 +80,31 @@ pub fn write_archive(
 /// Writes `images` as an OCI layout directory at `dest`: a new one when `dest` is missing or an empty
 /// directory, else added to the layout there (see the module docs). Anything else at `dest` is refused.
 pub fn write_oci_layout(store: &Store, images: &[(StoredImage, Option<String>)], dest: &Path) -> Result<()> {
-    let layout = oci_layout(images)?;
+    write_layout(store, dest, oci_layout(images)?, false)
+}
+
+/// Adds one entry to the OCI layout at `dest` (made if missing): the index descriptor `descriptor`
+/// (annotated with its name), with the blobs it needs, `stored` from the store and `own` given as bytes.
+/// With `drop_unreferenced`, blobs that no entry of the new index reaches are deleted afterwards, so a
+/// layout written again and again (a cache directory) does not grow without bound.
+pub fn write_layout_entry(
+    store: &Store,
+    dest: &Path,
+    descriptor: serde_json::Value,
+    stored: &[Digest],
+    own: Vec<(Digest, Vec<u8>)>,
+    drop_unreferenced: bool,
+) -> Result<()> {
+    let mut blobs: BTreeMap<Digest, Source> = stored.iter().map(|d| (*d, Source::Blob(*d))).collect();
+    blobs.extend(own.into_iter().map(|(d, bytes)| (d, Source::Bytes(bytes))));
+    let layout = OciLayout {
+        manifests: vec![descriptor],
+        blobs,
+    };
+    write_layout(store, dest, layout, drop_unreferenced)
+}
+
+fn write_layout(store: &Store, dest: &Path, layout: OciLayout, drop_unreferenced: bool) -> Result<()> {
     let (dest, existing) = layout_target(dest)?;
     if !existing {
         let tmp = TempDir::beside(&dest)?;
@@ -109,7 +133,60 @@ pub fn write_oci_layout(store: &Store, images: &[(StoredImage, Option<String>)],
     atomic::write_file(&index_path, |w| {
         w.write_all(&json_bytes(&index)?)
             .map_err(Error::io(format!("write {}", index_path.display())))
-    })
+    })?;
+    if drop_unreferenced {
+        drop_unreferenced_blobs(&dest, &index)?;
+    }
+    Ok(())
+}
+
+/// Deletes the blobs of the layout at `dest` that its index `index` does not reach (through indexes,
+/// manifests, configs and layers). Runs under the index lock, after the new index is in place: a crash
+/// midway leaves unreferenced blobs, never a referenced one missing.
+fn drop_unreferenced_blobs(dest: &Path, index: &serde_json::Value) -> Result<()> {
+    let blobs_dir = dest.join("blobs/sha256");
+    let mut reached: BTreeSet<String> = BTreeSet::new();
+    let mut pending: Vec<serde_json::Value> = index["manifests"].as_array().cloned().unwrap_or_default();
+    while let Some(descriptor) = pending.pop() {
+        let Some(hex) = descriptor["digest"]
+            .as_str()
+            .and_then(|d| d.strip_prefix("sha256:"))
+        else {
+            continue;
+        };
+        if !reached.insert(hex.to_owned()) {
+            continue;
+        }
+        let media_type = descriptor["mediaType"].as_str().unwrap_or_default();
+        if !kiln_image::media::is_index(media_type) && !kiln_image::media::is_manifest(media_type) {
+            continue;
+        }
+        // A manifest that cannot be read reaches nothing more; what it names stays unless unreached.
+        let Ok(bytes) = std::fs::read(blobs_dir.join(hex)) else {
+            continue;
+        };
+        let Ok(parsed) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        for list in ["manifests", "layers"] {
+            pending.extend(parsed[list].as_array().cloned().unwrap_or_default());
+        }
+        pending.push(parsed["config"].clone());
+    }
+    let entries =
+        std::fs::read_dir(&blobs_dir).map_err(Error::io(format!("list {}", blobs_dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(Error::io(format!("list {}", blobs_dir.display())))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // Dot-files are other writers' temporaries.
+        if name.starts_with('.') || reached.contains(name) {
+            continue;
+        }
+        std::fs::remove_file(entry.path())
+            .map_err(Error::io(format!("remove {}", entry.path().display())))?;
+    }
+    Ok(())
 }
 
 /// The index at `index_path` (a new one if there is none) with `added` entries, as BuildKit's index update

@@ -83,10 +83,17 @@ pub fn export_layer(
     source_date_epoch: Option<u64>,
 ) -> Result<Layer> {
     let level = effective_level(compression, level)?;
-    if let Some(diff_id) = store.snapshot_diff_id(snapshot, source_date_epoch)?
-        && let Some(layer) = stored_layer(store, &diff_id, compression, level)?
-    {
-        return Ok(layer);
+    if let Some(diff_id) = store.snapshot_diff_id(snapshot, source_date_epoch)? {
+        if let Some(layer) = stored_layer(store, &diff_id, compression, level)? {
+            return Ok(layer);
+        }
+        // The same tar in another compression (a layer imported from a shared cache): converting it keeps
+        // the layer's bytes, which reading the files again might not.
+        for (blob, _) in store.blobs_for_diff_id(&diff_id)? {
+            if store.has_blob(&blob)? {
+                return convert_layer(store, &blob, &diff_id, compression, level);
+            }
+        }
     }
     let dir = store.snapshot_path(snapshot);
     let opts = LayerOptions { source_date_epoch };

@@ -30,6 +30,8 @@ pub struct PlatformResult {
     pub base_layers: usize,
     /// Every layer, bottom first.
     pub layers: Vec<SnapshotId>,
+    /// More top-level fields for the image config (an inline build cache).
+    pub config_extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// What every exporter of a build gets.
@@ -277,6 +279,7 @@ fn build(input: &ExportInput<'_>, output: &Output, oci_default: bool) -> Result<
         source_date_epoch: input.source_date_epoch,
         annotations: output.annotations.clone(),
         labels: input.labels.clone(),
+        config_extra: BTreeMap::new(),
     };
     let mut built = Vec::new();
     for result in input.platforms {
@@ -304,7 +307,10 @@ fn build(input: &ExportInput<'_>, output: &Output, oci_default: bool) -> Result<
             own,
             &result.image,
             &result.platform,
-            &opts,
+            &ImageOptions {
+                config_extra: result.config_extra.clone(),
+                ..opts.clone()
+            },
         )?);
     }
     if built.len() == 1 {

@@ -100,6 +100,8 @@ pub struct ImageOptions {
     pub annotations: BTreeMap<String, String>,
     /// `--label`: added to (and overriding) the labels of the image config.
     pub labels: BTreeMap<String, String>,
+    /// More top-level fields of the image config (an inline build cache).
+    pub config_extra: BTreeMap<String, Value>,
 }
 
 impl Default for ImageOptions {
@@ -112,6 +114,7 @@ impl Default for ImageOptions {
             source_date_epoch: None,
             annotations: BTreeMap::new(),
             labels: BTreeMap::new(),
+            config_extra: BTreeMap::new(),
         }
     }
 }
@@ -210,14 +213,11 @@ pub fn build_image(
     let mut history = base.history.clone();
     history.extend(own_history);
 
-    let config = canonical::to_vec(&config::to_json(
-        image,
-        platform,
-        &opts.labels,
-        &created,
-        &diff_ids,
-        history,
-    ));
+    let mut config_json = config::to_json(image, platform, &opts.labels, &created, &diff_ids, history);
+    if let Value::Object(fields) = &mut config_json {
+        fields.extend(opts.config_extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let config = canonical::to_vec(&config_json);
     let config_digest = store.put_bytes(&config)?;
     let (media_type, config_media_type) = if oci {
         (MEDIA_TYPE_OCI_MANIFEST, MEDIA_TYPE_OCI_CONFIG)

@@ -362,7 +362,9 @@ fn mount_sources(store: &Store, image: &StoredImage, target: &Reference) -> Resu
     Ok(repos.into_iter().collect())
 }
 
-async fn push_blob(
+/// Uploads one stored blob to `target`'s repository unless it is there already, mounting it from one of
+/// `mount_from` (repositories of the same registry) where the registry allows.
+pub async fn push_blob(
     store: Store,
     registry: RegistryClient,
     target: Reference,

@@ -12,6 +12,7 @@ mod graph;
 mod ops;
 pub mod overlay;
 pub mod progress;
+pub mod records;
 pub mod solve;
 pub mod source;
 

@@ -27,6 +27,7 @@ use crate::executor::{Cancel, Executor, SecretBytes};
 use crate::fileop;
 use crate::graph::Graph;
 use crate::progress::{Event, EventSender};
+use crate::records::{self, CacheHit, CacheImport, FinishedRecord, KeyInputs};
 use crate::source::{LayerRef, Loaded, Sources};
 use crate::{SolveError, StepFailure, ops};
 
@@ -41,6 +42,15 @@ pub struct SolveOptions {
     pub max_parallelism: usize,
     /// Secrets for `RUN --mount=type=secret`, by id. Their contents never enter keys, layers or the disk.
     pub secrets: HashMap<String, SecretBytes>,
+    /// Say for every step that misses why (`--explain-cache`).
+    pub explain: bool,
+}
+
+/// Why one step missed the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    pub description: String,
+    pub reasons: Vec<String>,
 }
 
 type Shared<T> = Result<Arc<T>, SolveError>;
@@ -67,6 +77,13 @@ pub(crate) struct Inner {
     keys: Vec<OnceCell<Result<blake3::Hash, SolveError>>>,
     results: Vec<OnceCell<Shared<Loaded>>>,
     hashers: Mutex<HashMap<PathBuf, HasherCell>>,
+    /// Caches from elsewhere, asked in order when the store has no record.
+    imports: Vec<Arc<dyn CacheImport>>,
+    /// Steps with a result, by key, in the order they finished.
+    finished: Mutex<Vec<FinishedRecord>>,
+    /// The inputs of the store's records by step, read once when the first miss is explained.
+    local_inputs: OnceCell<HashMap<String, Vec<KeyInputs>>>,
+    explanations: Mutex<Vec<(usize, Explanation)>>,
     /// Vertices that ran or came from the cache, for the progress summary.
     ran: AtomicUsize,
     cached: AtomicUsize,
@@ -88,6 +105,8 @@ pub struct SolverParts {
     pub events: Option<EventSender>,
     /// Set by the caller to stop the build; the solver sets it too when a step fails (fail-fast).
     pub cancel: Cancel,
+    /// Caches from elsewhere (`--cache-from`), asked in order when the store has no record for a key.
+    pub imports: Vec<Arc<dyn CacheImport>>,
 }
 
 impl Solver {
@@ -111,6 +130,10 @@ impl Solver {
                 keys: (0..count).map(|_| OnceCell::new()).collect(),
                 results: (0..count).map(|_| OnceCell::new()).collect(),
                 hashers: Mutex::new(HashMap::new()),
+                imports: parts.imports,
+                finished: Mutex::new(Vec::new()),
+                local_inputs: OnceCell::new(),
+                explanations: Mutex::new(Vec::new()),
                 ran: AtomicUsize::new(0),
                 cached: AtomicUsize::new(0),
             }),
@@ -147,6 +170,20 @@ impl Solver {
             ran: self.inner.ran.load(Ordering::Relaxed),
             cached: self.inner.cached.load(Ordering::Relaxed),
         }
+    }
+
+    /// The steps that have a result, run or from a cache, in the order they finished: what `--cache-to`
+    /// exports. Complete after [`Solver::solve`] returns, also when it failed.
+    pub fn finished(&self) -> Vec<FinishedRecord> {
+        lock(&self.inner.finished).clone()
+    }
+
+    /// Why each step that missed the cache did, with [`SolveOptions::explain`].
+    pub fn explanations(&self) -> Vec<Explanation> {
+        let mut explained = lock(&self.inner.explanations).clone();
+        // In graph order (inputs first), not in the top-down order the misses were found in.
+        explained.sort_by_key(|(idx, _)| *idx);
+        explained.into_iter().map(|(_, e)| e).collect()
     }
 
     /// Saves what the context hashers learned (stat indexes), so the next build re-checks with stats alone.
@@ -385,7 +422,7 @@ impl Inner {
         let key = self.clone().key(idx).await?;
         let key_text = format!("{CACHE_KEY_VERSION}:{}", key.to_hex());
         if !self.graph.uncached[idx]
-            && let Some(layers) = self.cached_layers(&key_text)?
+            && let Some(CacheHit { layers, inputs }) = self.cached_anywhere(idx, &key_text).await?
         {
             self.cached.fetch_add(1, Ordering::Relaxed);
             if !v.meta.description.is_empty() && !matches!(v.op, Op::Source(_)) {
@@ -395,8 +432,17 @@ impl Inner {
                     name: v.meta.description.clone(),
                 });
             }
+            let inputs = match inputs {
+                Some(inputs) => inputs,
+                None => self.key_inputs(idx, false).await?,
+            };
+            self.finish(&key_text, &layers, inputs, false);
             return Ok(Arc::new(Loaded::Layers(layers)));
         }
+        let explained = match self.options.explain && !self.graph.uncached[idx] {
+            true => Some(self.explain_miss(idx).await?),
+            false => None,
+        };
         let inputs = self.input_results(idx).await?;
         let _permit = self.permits.acquire().await.map_err(|_| SolveError::Cancelled)?;
         if self.cancel.is_cancelled() {
@@ -416,7 +462,12 @@ impl Inner {
                     id,
                     duration: started.elapsed(),
                 });
-                self.record(&key_text, &layers)?;
+                let inputs = match explained {
+                    Some(inputs) => inputs,
+                    None => self.key_inputs(idx, true).await?,
+                };
+                self.record(&key_text, &layers, &inputs, None)?;
+                self.finish(&key_text, &layers, inputs, true);
                 Ok(Arc::new(Loaded::Layers(layers)))
             }
             Err(SolveError::Cancelled) => {
@@ -456,11 +507,161 @@ impl Inner {
         }
     }
 
-    /// Layers of a cache record, if it exists and every snapshot it names is still in the store.
-    fn cached_layers(&self, key: &str) -> Result<Option<Vec<LayerRef>>, SolveError> {
+    /// The result under `key` in the store or, failing that, in the first imported cache that has it
+    /// (recorded in the store then, so the next build finds it there), with the inputs recorded for it.
+    async fn cached_anywhere(
+        self: &Arc<Self>,
+        idx: usize,
+        key: &str,
+    ) -> Result<Option<CacheHit>, SolveError> {
+        if let Some(found) = self.cached_layers(key)? {
+            return Ok(Some(found));
+        }
+        for import in &self.imports {
+            match import.load(key).await {
+                Ok(Some(hit)) => {
+                    let inputs = match hit.inputs {
+                        Some(inputs) => inputs,
+                        None => self.key_inputs(idx, false).await?,
+                    };
+                    self.record(key, &hit.layers, &inputs, Some(import.name()))?;
+                    return Ok(Some(CacheHit {
+                        layers: hit.layers,
+                        inputs: Some(inputs),
+                    }));
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    tracing::warn!(
+                        "cache {}: {reason}; building {} without it",
+                        import.name(),
+                        self.graph.vertices[idx].meta.description
+                    );
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Remembers a step's result for `--cache-to`; a vertex reached twice is listed once.
+    fn finish(&self, key: &str, layers: &[LayerRef], inputs: KeyInputs, ran: bool) {
+        let mut finished = lock(&self.finished);
+        if !finished.iter().any(|f| f.key == key) {
+            finished.push(FinishedRecord {
+                ran,
+                key: key.to_string(),
+                layers: layers.to_vec(),
+                inputs,
+            });
+        }
+    }
+
+    /// What the key of vertex `idx` was made of; `with_files` lists the context files it reads too (a walk
+    /// of the selection, so only for steps that run or are explained).
+    async fn key_inputs(self: &Arc<Self>, idx: usize, with_files: bool) -> Result<KeyInputs, SolveError> {
+        let v = &self.graph.vertices[idx];
+        let platform = self.platform(idx).to_string();
+        let mut inputs = KeyInputs {
+            step: records::step_id(&platform, &v.meta.description),
+            description: v.meta.description.clone(),
+            ..KeyInputs::default()
+        };
+        for &input in &self.graph.inputs[idx] {
+            let key = self.clone().key(input).await?;
+            inputs.parents.push(key.to_hex().to_string());
+        }
+        match &v.op {
+            Op::Source(source) => {
+                let provider = self.sources.get(source).map_err(|e| self.step_error(idx, e))?;
+                inputs.source = provider
+                    .key(source, &self.platform(idx))
+                    .await
+                    .map_err(|e| self.step_error(idx, e))?;
+            }
+            Op::Exec(exec) => inputs.env = exec.env.iter().map(|e| records::without_credentials(e)).collect(),
+            Op::File(file) if with_files => {
+                for action in &file.actions {
+                    if let FileAction::Copy(copy) = action {
+                        let listed = self.list_context(idx, copy).await?;
+                        match listed {
+                            Some(files) => inputs.files.extend(files),
+                            None => inputs.files_unlisted = true,
+                        }
+                    }
+                }
+                if inputs.files_unlisted {
+                    inputs.files.clear();
+                }
+                inputs.files.sort_by(|a, b| a.path.cmp(&b.path));
+            }
+            Op::File(_) | Op::Merge => {}
+        }
+        Ok(inputs)
+    }
+
+    /// The context files a COPY reads, when its source is a client directory (and they are few enough).
+    async fn list_context(
+        self: &Arc<Self>,
+        idx: usize,
+        copy: &kiln_llb::Copy,
+    ) -> Result<Option<Vec<records::FileFact>>, SolveError> {
+        let Some(&source) = self.graph.inputs[idx].get(copy.src_input as usize) else {
+            return Ok(Some(Vec::new()));
+        };
+        if !matches!(
+            self.graph.vertices[source].op,
+            Op::Source(kiln_llb::Source::Local { .. })
+        ) {
+            return Ok(Some(Vec::new()));
+        }
+        let Loaded::Dir { path, ignore } = &*self.clone().result(source).await? else {
+            return Ok(Some(Vec::new()));
+        };
+        let hasher = self.hasher(path, ignore).await?;
+        let copy = copy.clone();
+        let listed = tokio::task::spawn_blocking(move || {
+            hasher.list_copy(&fileop::copy_spec(&copy), records::MAX_LISTED_FILES)
+        })
+        .await
+        .map_err(|e| SolveError::Graph(format!("listing the context: {e}")))?;
+        listed.map_err(|e| self.step_error(idx, e))
+    }
+
+    /// Explains why vertex `idx` missed, against the store's records of the same step and the imported
+    /// caches'; returns its inputs for the record it will get.
+    async fn explain_miss(self: &Arc<Self>, idx: usize) -> Result<KeyInputs, SolveError> {
+        let inputs = self.key_inputs(idx, true).await?;
+        if self.graph.vertices[idx].meta.description.is_empty() {
+            return Ok(inputs);
+        }
+        let local = self
+            .local_inputs
+            .get_or_try_init(|| async {
+                records::recorded_inputs(&self.store, &Default::default()).map_err(SolveError::from)
+            })
+            .await?;
+        let mut known: Vec<KeyInputs> = local.get(&inputs.step).cloned().unwrap_or_default();
+        for import in &self.imports {
+            known.extend(import.inputs_for_step(&inputs.step));
+        }
+        let reasons = records::explain(&inputs, &known);
+        let explained = Explanation {
+            description: self.graph.vertices[idx].meta.description.clone(),
+            reasons,
+        };
+        lock(&self.explanations).push((idx, explained));
+        Ok(inputs)
+    }
+
+    /// Layers of a cache record, if it exists and every snapshot it names is still in the store, with the
+    /// inputs recorded for it.
+    fn cached_layers(&self, key: &str) -> Result<Option<CacheHit>, SolveError> {
         let Some(record) = self.store.get_cache_record(key)? else {
             return Ok(None);
         };
+        let inputs = record
+            .inputs
+            .and_then(|i| serde_json::from_value::<KeyInputs>(i).ok());
         let Ok(layers) = serde_json::from_value::<Vec<LayerRef>>(record.result) else {
             return Ok(None);
         };
@@ -471,10 +672,16 @@ impl Inner {
                 return Ok(None);
             }
         }
-        Ok(Some(layers))
+        Ok(Some(CacheHit { layers, inputs }))
     }
 
-    fn record(&self, key: &str, layers: &[LayerRef]) -> Result<(), SolveError> {
+    fn record(
+        &self,
+        key: &str,
+        layers: &[LayerRef],
+        inputs: &KeyInputs,
+        imported_from: Option<&str>,
+    ) -> Result<(), SolveError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -489,6 +696,8 @@ impl Inner {
             snapshots: layers.iter().map(|l| l.snapshot.clone()).collect(),
             created: now,
             last_used: now,
+            inputs: serde_json::to_value(inputs).ok(),
+            imported_from: imported_from.map(str::to_owned),
         };
         Ok(self.store.put_cache_record(key, &record)?)
     }
@@ -549,4 +758,9 @@ impl OutputTail {
         }
         self.lines.into()
     }
+}
+
+/// The solver's tables only collect; a panic elsewhere cannot leave them inconsistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -156,9 +156,11 @@ impl Fixture {
             options: SolveOptions {
                 max_parallelism: parallelism,
                 secrets: HashMap::new(),
+                explain: false,
             },
             events: None,
             cancel: Cancel::default(),
+            imports: Vec::new(),
         };
         Solver::new(parts, definitions).expect("solver")
     }

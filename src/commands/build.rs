@@ -14,6 +14,7 @@ use kiln_exporter::spec::{self, Kind};
 use kiln_sandbox::Sandbox;
 use kiln_solver::SolveError;
 use kiln_solver::executor::{Cancel, SecretBytes};
+use kiln_solver::solve::Explanation;
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -61,6 +62,7 @@ pub fn run(global: &GlobalArgs, args: BuildArgs) -> anyhow::Result<ExitCode> {
     for warning in &result.warnings {
         eprintln!("WARNING: {warning}");
     }
+    print_explanations(&result.explanations);
     if let Some(image) = &result.image {
         for (name, digest) in &image.pushed {
             eprintln!("Pushed {name}@{digest}");
@@ -106,6 +108,27 @@ pub fn run(global: &GlobalArgs, args: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn print_explanations(explanations: &[Explanation]) {
+    for explained in explanations {
+        eprintln!("CACHE MISS {}", explained.description);
+        for reason in &explained.reasons {
+            eprintln!("  - {reason}");
+        }
+    }
+}
+
+/// `kiln explain`: the last build's misses, explained against the store's records.
+pub fn explain(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let store = image_cmds::open_store(global)?;
+    match kiln_build::explain_last(&store)? {
+        None => {
+            eprintln!("The last build ran no step: everything came from the cache (or no build ran yet).")
+        }
+        Some(explanations) => print_explanations(&explanations),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The build the flags ask for.
 pub fn request(args: &BuildArgs) -> anyhow::Result<BuildRequest> {
     let mut req = dockerfile::request(&args.dockerfile)?;
@@ -114,6 +137,17 @@ pub fn request(args: &BuildArgs) -> anyhow::Result<BuildRequest> {
     req.no_cache = args.no_cache;
     req.no_cache_filter = args.no_cache_filter.clone();
     req.pull = args.pull;
+    req.cache_to = args
+        .cache_to
+        .iter()
+        .map(|raw| kiln_remotecache::parse_cache_to(raw))
+        .collect::<Result<Vec<_>, _>>()?;
+    req.cache_from = args
+        .cache_from
+        .iter()
+        .map(|raw| kiln_remotecache::parse_cache_from(raw))
+        .collect::<Result<Vec<_>, _>>()?;
+    req.explain_cache = args.explain_cache;
     req.max_parallelism = args.max_parallelism;
     req.tags = args.tags.clone();
     req.push = args.push;

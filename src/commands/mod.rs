@@ -16,7 +16,7 @@ use std::process::ExitCode;
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     tracing::debug!(root = %store_root(&cli.global).display(), "store");
     match cli.command {
-        Command::Build(args) => build::run(&cli.global, args),
+        Command::Build(args) => build::run(&cli.global, *args),
         Command::Debug(command) => debug::run(command),
         Command::Run(args) => run::run(&cli.global, args),
         Command::Pull(args) => transfer::pull(&cli.global, args),
@@ -31,6 +31,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Save(args) => archive::save(&cli.global, args),
         Command::Prune(args) => storage::prune(&cli.global, args),
         Command::Du { verbose } => storage::du(&cli.global, verbose),
+        Command::Explain => build::explain(&cli.global),
     }
 }
 

@@ -65,6 +65,7 @@ pub fn du(global: &GlobalArgs, verbose: bool) -> anyhow::Result<ExitCode> {
             "UNIQUE SIZE".into(),
             "LAST USED".into(),
             "IN USE".into(),
+            "FROM".into(),
         ]];
         let mut sorted: Vec<_> = usage.cache_records.iter().collect();
         sorted.sort_by(|a, b| b.last_used.cmp(&a.last_used).then_with(|| a.key.cmp(&b.key)));
@@ -75,6 +76,10 @@ pub fn du(global: &GlobalArgs, verbose: bool) -> anyhow::Result<ExitCode> {
                 human_size(record.unique_size),
                 human_age(record.last_used, now),
                 if record.in_use { "yes".into() } else { "no".into() },
+                record
+                    .imported_from
+                    .clone()
+                    .unwrap_or_else(|| "built here".into()),
             ]);
         }
         print_table(&records);
@@ -100,7 +105,18 @@ pub fn du(global: &GlobalArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         usage.blobs_bytes + usage.snapshots_bytes + usage.cache_mounts_bytes + usage.context_index_bytes;
     print_table(&[
         vec!["Images:".to_owned(), usage.images.len().to_string()],
-        vec!["Cache records:".to_owned(), usage.cache_records.len().to_string()],
+        vec![
+            "Cache records:".to_owned(),
+            match usage
+                .cache_records
+                .iter()
+                .filter(|r| r.imported_from.is_some())
+                .count()
+            {
+                0 => usage.cache_records.len().to_string(),
+                imported => format!("{} ({imported} imported)", usage.cache_records.len()),
+            },
+        ],
         vec!["Blobs:".to_owned(), human_size(usage.blobs_bytes)],
         vec!["Snapshots:".to_owned(), human_size(usage.snapshots_bytes)],
         vec![

@@ -276,6 +276,46 @@ impl ContextHasher {
         Ok(enc.finish())
     }
 
+    /// Each entry a COPY with `spec` reads, with what its key covers of it, sorted by path: the inputs a
+    /// miss is explained with. `None` when there are more than `limit`.
+    pub fn list_copy(
+        &self,
+        spec: &CopySpec<'_>,
+        limit: usize,
+    ) -> Result<Option<Vec<crate::records::FileFact>>, ContextError> {
+        let mut facts = Vec::new();
+        for source in self.select(spec)? {
+            for item in &source.items {
+                let name = String::from_utf8_lossy(item.name.as_os_str().as_bytes()).into_owned();
+                let own = match item.meta.kind() {
+                    Kind::File => self
+                        .file_content(item.src.as_os_str().as_bytes(), &item.meta)?
+                        .map(|(_, hash)| hash.to_hex().to_string()),
+                    _ => None,
+                };
+                // The context root itself (a `COPY . /dest`) is a directory node, not a file anyone changed.
+                if !name.is_empty() {
+                    facts.push(fact(name.clone(), &item.meta, item.link.as_deref(), own));
+                }
+                let contents = self.file_contents(&item.src, &item.entries)?;
+                for (entry, content) in item.entries.iter().zip(contents) {
+                    let rel = String::from_utf8_lossy(entry.rel.as_os_str().as_bytes());
+                    let path = match name.is_empty() {
+                        true => rel.into_owned(),
+                        false => format!("{name}/{rel}"),
+                    };
+                    let content = content.map(|(_, hash)| hash.to_hex().to_string());
+                    facts.push(fact(path, &entry.meta, entry.link.as_deref(), content));
+                }
+                if facts.len() > limit {
+                    return Ok(None);
+                }
+            }
+        }
+        facts.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Some(facts))
+    }
+
     /// The hash of what a COPY of `patterns` (context-relative sources, wildcards allowed) reads, with
     /// `--exclude` patterns `exclude`. A pattern that matches nothing hashes as "no match".
     pub fn hash_selection(
@@ -579,4 +619,22 @@ fn hash_reader(file: &mut File, size: u64) -> io::Result<(blake3::Hash, u64)> {
 pub fn hash_tree(dir: &Path) -> Result<blake3::Hash, ContextError> {
     let matcher = PatternMatcher::new(&[]).map_err(ContextError::BadExclude)?;
     ContextHasher::open(dir, matcher, None)?.hash_all()
+}
+
+/// What a key covers of one entry, readable.
+fn fact(path: String, meta: &Meta, link: Option<&[u8]>, content: Option<String>) -> crate::records::FileFact {
+    let kind = match meta.kind() {
+        Kind::File => "file",
+        Kind::Dir => "dir",
+        Kind::Symlink => "symlink",
+        _ => "other",
+    };
+    crate::records::FileFact {
+        path,
+        mode: format!("{kind} {:o}", meta.permissions()),
+        owner: format!("{}:{}", meta.uid, meta.gid),
+        content: content
+            .or_else(|| link.map(|l| String::from_utf8_lossy(l).into_owned()))
+            .unwrap_or_default(),
+    }
 }

@@ -1,0 +1,100 @@
+//! The cache description: what `--cache-to` writes and `--cache-from` reads, version 1. The format is
+//! documented for other tools in `docs/cache-format.md`; this module is its one implementation.
+
+use kiln_cache::Digest;
+use kiln_solver::records::KeyInputs;
+use serde::{Deserialize, Serialize};
+
+/// The media type of a description, as the config of a cache manifest.
+pub const MEDIA_TYPE: &str = "application/vnd.kiln.cache.v1+json";
+/// The key of an inline description in an image config.
+pub const INLINE_KEY: &str = "kiln.cache.v1";
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Description {
+    pub version: u32,
+    /// Every layer some record's chain uses, once.
+    #[serde(default)]
+    pub layers: Vec<Layer>,
+    #[serde(default)]
+    pub records: Vec<Record>,
+}
+
+/// A layer blob, as a descriptor plus what an importer needs to use it without reading it first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Layer {
+    /// The blob's digest, size and media type. In an inline description these are absent and `imageLayer`
+    /// says which layer of the image carrying it the entry is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_layer: Option<usize>,
+    /// The digest of the uncompressed tar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<Digest>,
+    /// The level it was compressed at, so an export with the same settings reuses the blob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
+    /// The SOURCE_DATE_EPOCH its mtimes were clamped to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_date_epoch: Option<u64>,
+    /// For a layer of a base image: that image's manifest (whose config has the layer's history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_manifest: Option<Digest>,
+}
+
+/// One cache record: a key and the filesystem its step produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The solver's cache key (`kiln-cache-v2:<blake3 hex>`).
+    pub key: String,
+    /// The result's layers, bottom first, as indexes into `layers`.
+    pub chain: Vec<usize>,
+    /// What the key was made of, for explaining misses.
+    #[serde(default)]
+    pub inputs: Option<KeyInputs>,
+}
+
+impl Description {
+    /// Reads and checks a description: its version, and that every chain names layers it has.
+    pub fn parse(bytes: &[u8]) -> Result<Description, String> {
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: Option<u32>,
+        }
+        let versioned: Versioned = serde_json::from_slice(bytes)
+            .map_err(|e| format!("the cache description is not valid JSON: {e}"))?;
+        match versioned.version {
+            Some(VERSION) => {}
+            Some(other) => {
+                return Err(format!(
+                    "the cache description has version {other}; this kiln reads version {VERSION}"
+                ));
+            }
+            None => return Err("the cache description has no version".to_string()),
+        }
+        let description: Description =
+            serde_json::from_slice(bytes).map_err(|e| format!("the cache description is malformed: {e}"))?;
+        for record in &description.records {
+            if let Some(bad) = record.chain.iter().find(|&&i| i >= description.layers.len()) {
+                return Err(format!(
+                    "cache record {} names layer {bad}, but the description has {}",
+                    record.key,
+                    description.layers.len()
+                ));
+            }
+        }
+        Ok(description)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Plain data with string keys: serialising cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
