@@ -568,7 +568,9 @@ impl Inner {
         };
         for &input in &self.graph.inputs[idx] {
             let key = self.clone().key(input).await?;
-            inputs.parents.push(key.to_hex().to_string());
+            inputs
+                .parents
+                .push(format!("{CACHE_KEY_VERSION}:{}", key.to_hex()));
         }
         match &v.op {
             Op::Source(source) => {
