@@ -413,3 +413,63 @@ fn explain_cache_names_what_changed() {
     assert!(progress.contains("the base image changed"), "{progress}");
     assert!(progress.contains("a step it builds on missed"), "{progress}");
 }
+
+#[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: RUN steps use namespaces and overlayfs"
+)]
+fn cache_mounts_travel_with_cache_mounts_true_and_only_then() {
+    let a = Env::new();
+    let dockerfile = |step: &str| {
+        format!(
+            "FROM busybox\nARG STEP\nRUN --mount=type=cache,id=deps,target=/deps,uid=1000,mode=0700 \
+             echo {step} >> /deps/log && cp /deps/log /seen && stat -c '%u %a' /deps > /owner\n"
+        )
+    };
+    let context = a.context("mounts", &[("Dockerfile", &dockerfile("a"))]);
+    let with_mounts = a.work.join("with-mounts");
+    let without = a.work.join("without");
+    a.build_ok(
+        &context,
+        &[
+            "--cache-to",
+            &format!(
+                "type=local,dest={},mode=max,cache-mounts=true",
+                with_mounts.display()
+            ),
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", without.display()),
+        ],
+    );
+
+    // Machine B changes the step, so it runs, and finds machine A's mount contents in its own mount.
+    let b = Env::new();
+    let changed = b.context("mounts", &[("Dockerfile", &dockerfile("b"))]);
+    let progress = b.build_ok(
+        &changed,
+        &[
+            "-t",
+            "seeded",
+            "--cache-from",
+            &format!("type=local,src={}", with_mounts.display()),
+        ],
+    );
+    assert!(ran(&progress, "echo b"), "{progress}");
+    assert_eq!(b.run("seeded", &["cat", "/seen"]), "a\nb\n");
+    assert_eq!(b.run("seeded", &["cat", "/owner"]), "1000 700\n");
+
+    // Without cache-mounts=true the mount starts empty, as on any fresh machine.
+    let c = Env::new();
+    let changed = c.context("mounts", &[("Dockerfile", &dockerfile("c"))]);
+    c.build_ok(
+        &changed,
+        &[
+            "-t",
+            "fresh",
+            "--cache-from",
+            &format!("type=local,src={}", without.display()),
+        ],
+    );
+    assert_eq!(c.run("fresh", &["cat", "/seen"]), "c\n");
+}

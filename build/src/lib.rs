@@ -231,6 +231,7 @@ impl Builder {
         let (imports, import_warnings) = imports.await.unwrap_or_default();
         warnings.extend(import_warnings);
         let definitions: Vec<Definition> = converted.iter().map(|c| c.definition.clone()).collect();
+        let cache_mounts = cache_mount_ids(&definitions);
         let parts = SolverParts {
             store: store.clone(),
             sources,
@@ -258,7 +259,7 @@ impl Builder {
         let solved = match solved {
             Ok(solved) => solved,
             Err(error) => {
-                for warning in self.export_failed(store, req, &finished).await {
+                for warning in self.export_failed(store, req, &finished, &cache_mounts).await {
                     tracing::warn!("{warning}");
                 }
                 return Err(BuildError::Solve(error));
@@ -312,6 +313,7 @@ impl Builder {
                 finals: &solved,
                 source_date_epoch: req.source_date_epoch,
                 image_names: &image_names,
+                cache_mounts: &cache_mounts,
             };
             match kiln_remotecache::export(to, &export).await {
                 Ok(summary) => tracing::info!(
@@ -349,6 +351,7 @@ impl Builder {
         store: &Store,
         req: &BuildRequest,
         finished: &[FinishedRecord],
+        cache_mounts: &[String],
     ) -> Vec<String> {
         let mut warnings = Vec::new();
         for to in req
@@ -367,6 +370,7 @@ impl Builder {
                 finals: &[],
                 source_date_epoch: req.source_date_epoch,
                 image_names: &req.tags,
+                cache_mounts,
             };
             warnings.push(match kiln_remotecache::export(&to, &export).await {
                 Ok(summary) => format!(
@@ -461,6 +465,21 @@ fn destination_name(to: &CacheTo) -> String {
 }
 
 /// The names the build's images get: where a registry export can mount blobs from.
+/// The ids of the cache mounts the build's RUN steps use, once each.
+fn cache_mount_ids(definitions: &[Definition]) -> Vec<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    for vertex in definitions.iter().flat_map(|d| &d.vertices) {
+        if let kiln_llb::Op::Exec(exec) = &vertex.op {
+            for mount in &exec.mounts {
+                if let kiln_llb::MountKind::Cache { id, .. } = &mount.kind {
+                    ids.insert(id.clone());
+                }
+            }
+        }
+    }
+    ids.into_iter().collect()
+}
+
 fn image_names(req: &BuildRequest, outputs: &[Output]) -> Vec<String> {
     let mut names = req.tags.clone();
     for output in outputs {

@@ -8,9 +8,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{LockGuard, fsync_dir, now_secs};
 use crate::meta::{CACHE_MOUNTS, CacheMountRecord, get_json, put_json};
+use crate::unpack::{TempDir, unpack_tar};
 use crate::{Digest, Store};
 
 /// A cache mount directory, in use until dropped.
@@ -59,26 +60,77 @@ impl Store {
             MountSharing::Shared => LockGuard::acquire_shared(&lock_path)?,
             MountSharing::Exclusive => LockGuard::acquire(&lock_path)?,
         };
-        let dir = self.cache_mounts_dir();
-        let path = dir.join(&name);
+        let path = self.cache_mounts_dir().join(&name);
         if !path.is_dir() {
-            // Made in tmp and renamed into place, so a mount is either absent or made whole with its owner.
-            let fresh = self.temp_path("cache-mount");
-            std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
-            std::fs::create_dir(&fresh).ctx(|| format!("create {}", fresh.display()))?;
-            let (uid, gid, mode) = owner.unwrap_or((0, 0, 0o755));
-            std::os::unix::fs::chown(&fresh, Some(uid), Some(gid))
-                .and_then(|()| std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(mode)))
-                .ctx(|| format!("prepare cache mount {id:?}"))?;
-            match std::fs::rename(&fresh, &path) {
-                Ok(()) => fsync_dir(&dir)?,
-                // A shared user created it meanwhile; theirs stands.
-                Err(_) if path.is_dir() => {
-                    let _ = std::fs::remove_dir(&fresh);
-                }
-                Err(e) => return Err(e).ctx(|| format!("create cache mount {}", path.display())),
-            }
+            let fresh = TempDir::create(self.temp_path("cache-mount"))?;
+            self.install_cache_mount(id, fresh, owner)?;
         }
+        self.touch_cache_mount(id)?;
+        Ok(CacheMount { path, _lock: lock })
+    }
+
+    /// Whether the cache mount `id` exists (a look, without waiting for its users).
+    pub fn has_cache_mount(&self, id: &str) -> bool {
+        self.cache_mounts_dir().join(Self::cache_mount_name(id)).is_dir()
+    }
+
+    /// The cache mount `id` if it exists, held shared (its contents are read, not changed, while held).
+    pub fn existing_cache_mount(&self, id: &str) -> Result<Option<CacheMount>> {
+        let name = Self::cache_mount_name(id);
+        let path = self.cache_mounts_dir().join(&name);
+        if !path.is_dir() {
+            return Ok(None);
+        }
+        let lock = LockGuard::acquire_shared(&self.cache_mount_lock(&name))?;
+        Ok(path.is_dir().then_some(CacheMount { path, _lock: lock }))
+    }
+
+    /// Creates the cache mount `id` with the contents of a layer blob (a shared cache's copy of another
+    /// machine's mount), unless it exists by now. The blob is checked against its digest while it is
+    /// unpacked, as a layer is, and the mount appears whole or not at all, its top directory owned as `owner`
+    /// says (as [`Store::cache_mount`] makes it). Says whether it seeded the mount.
+    pub fn seed_cache_mount(&self, id: &str, blob: &Digest, owner: Option<MountOwner>) -> Result<bool> {
+        let name = Self::cache_mount_name(id);
+        let _lock = LockGuard::acquire(&self.cache_mount_lock(&name))?;
+        if self.cache_mounts_dir().join(&name).is_dir() {
+            return Ok(false);
+        }
+        let fresh = TempDir::create(self.temp_path("cache-mount"))?;
+        let unpacked = unpack_tar(self.open_blob(blob)?, &fresh.path).map_err(|e| Error::Unpack {
+            blob: *blob,
+            entry: e.entry,
+            source: e.error,
+        })?;
+        if unpacked.blob_digest != *blob {
+            return Err(Error::CorruptBlob {
+                digest: *blob,
+                actual: unpacked.blob_digest,
+            });
+        }
+        self.install_cache_mount(id, fresh, owner)?;
+        self.touch_cache_mount(id)?;
+        Ok(true)
+    }
+
+    /// Renames a prepared directory into place as the mount `id` (made in tmp, so a mount is either absent
+    /// or whole with its owner). A mount that appeared meanwhile (a shared user's) stands.
+    fn install_cache_mount(&self, id: &str, fresh: TempDir, owner: Option<MountOwner>) -> Result<()> {
+        let dir = self.cache_mounts_dir();
+        let path = dir.join(Self::cache_mount_name(id));
+        std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+        let (uid, gid, mode) = owner.unwrap_or((0, 0, 0o755));
+        std::os::unix::fs::chown(&fresh.path, Some(uid), Some(gid))
+            .and_then(|()| std::fs::set_permissions(&fresh.path, std::fs::Permissions::from_mode(mode)))
+            .ctx(|| format!("prepare cache mount {id:?}"))?;
+        match std::fs::rename(&fresh.path, &path) {
+            Ok(()) => fsync_dir(&dir),
+            Err(_) if path.is_dir() => Ok(()),
+            Err(e) => Err(e).ctx(|| format!("create cache mount {}", path.display())),
+        }
+    }
+
+    fn touch_cache_mount(&self, id: &str) -> Result<()> {
+        let name = Self::cache_mount_name(id);
         let now = now_secs();
         let id = id.to_owned();
         self.write(|txn| {
@@ -94,8 +146,7 @@ impl Store {
                     last_used: now,
                 },
             )
-        })?;
-        Ok(CacheMount { path, _lock: lock })
+        })
     }
 
     /// Whether a cache mount (by directory name) is in use by a step of some process.

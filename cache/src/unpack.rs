@@ -176,12 +176,12 @@ impl Store {
 }
 
 /// A directory in ROOT/tmp removed on drop unless it was renamed away.
-struct TempDir {
-    path: PathBuf,
+pub(crate) struct TempDir {
+    pub(crate) path: PathBuf,
 }
 
 impl TempDir {
-    fn create(path: PathBuf) -> Result<TempDir> {
+    pub(crate) fn create(path: PathBuf) -> Result<TempDir> {
         std::fs::create_dir(&path).ctx(|| format!("create {}", path.display()))?;
         Ok(TempDir { path })
     }
@@ -195,15 +195,15 @@ impl Drop for TempDir {
     }
 }
 
-struct Unpacked {
-    diff_id: Digest,
-    blob_digest: Digest,
+pub(crate) struct Unpacked {
+    pub(crate) diff_id: Digest,
+    pub(crate) blob_digest: Digest,
     /// `None` for a format no layer media type names (bzip2, xz), which moby reads all the same.
     compression: Option<Compression>,
     size: u64,
 }
 
-fn unpack_tar(file: File, dest: &Path) -> std::result::Result<Unpacked, ExtractError> {
+pub(crate) fn unpack_tar(file: File, dest: &Path) -> std::result::Result<Unpacked, ExtractError> {
     let whole = |error: io::Error| ExtractError { entry: None, error };
     let mut raw = BufReader::new(Hashing::new(file));
     let (format, decompressed) = compress::decompress(&mut raw).map_err(whole)?;

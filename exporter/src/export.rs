@@ -96,10 +96,37 @@ pub fn export_layer(
         }
     }
     let dir = store.snapshot_path(snapshot);
-    let opts = LayerOptions { source_date_epoch };
     let what = || format!("the layer of snapshot {snapshot}");
-    let mut tar = DiffIdWriter::new(Compressor::new(store.blob_writer()?, compression, level, &what)?);
-    let summary = layer_tar(&dir, &mut tar, &opts)?;
+    let layer = write_layer_blob(store, &dir, compression, level, source_date_epoch, &what)?;
+    store.set_snapshot_diff_id(snapshot, source_date_epoch, &layer.diff_id)?;
+    Ok(layer)
+}
+
+/// A plain directory (a cache mount's) as a layer blob in the store, its mtimes kept: tools that use a
+/// cache mount judge freshness by them.
+pub fn export_directory(
+    store: &Store,
+    dir: &std::path::Path,
+    compression: Compression,
+    level: Option<i32>,
+) -> Result<Layer> {
+    let level = effective_level(compression, level)?;
+    write_layer_blob(store, dir, compression, level, None, &|| {
+        format!("the contents of {}", dir.display())
+    })
+}
+
+fn write_layer_blob(
+    store: &Store,
+    dir: &std::path::Path,
+    compression: Compression,
+    level: Option<i32>,
+    source_date_epoch: Option<u64>,
+    what: &dyn Fn() -> String,
+) -> Result<Layer> {
+    let opts = LayerOptions { source_date_epoch };
+    let mut tar = DiffIdWriter::new(Compressor::new(store.blob_writer()?, compression, level, what)?);
+    let summary = layer_tar(dir, &mut tar, &opts)?;
     let diff_id = tar.diff_id();
     let blob = tar
         .inner
@@ -115,7 +142,6 @@ pub fn export_layer(
             compression_level: level,
         },
     )?;
-    store.set_snapshot_diff_id(snapshot, source_date_epoch, &diff_id)?;
     log_compressed(&diff_id, &info.digest, compression, level);
     Ok(Layer {
         diff_id,

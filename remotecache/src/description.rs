@@ -19,6 +19,19 @@ pub struct Description {
     pub layers: Vec<Layer>,
     #[serde(default)]
     pub records: Vec<Record>,
+    /// Cache mount contents (`cache-mounts=true`), each a layer of `layers` that no record's chain uses.
+    #[serde(default, rename = "cacheMounts", skip_serializing_if = "Vec::is_empty")]
+    pub cache_mounts: Vec<CacheMountContent>,
+}
+
+/// The contents of one `RUN --mount=type=cache` directory, as a layer whose tar holds the directory's
+/// entries relative to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheMountContent {
+    /// The mount's id (`id=`, or its target path when none is given).
+    pub id: String,
+    /// Its layer, as an index into `layers`.
+    pub layer: usize,
 }
 
 /// A layer blob, as a descriptor plus what an importer needs to use it without reading it first.
@@ -89,6 +102,18 @@ impl Description {
                     description.layers.len()
                 ));
             }
+        }
+        if let Some(bad) = description
+            .cache_mounts
+            .iter()
+            .find(|m| m.layer >= description.layers.len())
+        {
+            return Err(format!(
+                "cache mount {:?} names layer {}, but the description has {}",
+                bad.id,
+                bad.layer,
+                description.layers.len()
+            ));
         }
         Ok(description)
     }

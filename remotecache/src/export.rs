@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use kiln_cache::{Digest, SnapshotId, Store};
 use kiln_exporter::archive::write_layout_entry;
-use kiln_exporter::export::{effective_level, export_layers, layer_media_type};
+use kiln_exporter::export::{effective_level, export_directory, export_layers, layer_media_type};
 use kiln_image::media::{ANNOTATION_REF_NAME, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST};
 use kiln_image::stored::BlobRef;
 use kiln_registry::{Reference, RegistryClient};
@@ -14,7 +14,7 @@ use kiln_solver::source::LayerRef;
 use serde_json::json;
 
 use crate::Error;
-use crate::description::{self, Description, Layer, Record};
+use crate::description::{self, CacheMountContent, Description, Layer, Record};
 use crate::spec::{CacheTo, Destination, Mode};
 
 /// How many blobs go up at once.
@@ -31,6 +31,8 @@ pub struct ExportRequest<'a> {
     pub source_date_epoch: Option<u64>,
     /// The build's image names: repositories a registry export may mount blobs from.
     pub image_names: &'a [String],
+    /// The ids of the cache mounts the build's steps use, exported with `cache-mounts=true`.
+    pub cache_mounts: &'a [String],
 }
 
 /// What an export wrote.
@@ -195,23 +197,7 @@ async fn describe(
                         "a cache layer went missing while exporting".to_string(),
                     ));
                 };
-                let media_type = layer_media_type(own.compression, to.oci_media_types).to_string();
-                let entry = Layer {
-                    digest: Some(own.digest),
-                    size: Some(own.size),
-                    media_type: Some(media_type.clone()),
-                    image_layer: None,
-                    diff_id: Some(own.diff_id),
-                    compression_level: level,
-                    source_date_epoch: req.source_date_epoch,
-                    base_manifest: None,
-                };
-                let blob = BlobRef {
-                    digest: own.digest,
-                    media_type,
-                    size: own.size,
-                };
-                (entry, blob)
+                own_layer(&own, to, level, req.source_date_epoch)
             }
         };
         layers.push(entry);
@@ -226,6 +212,18 @@ async fn describe(
         })
         .collect();
     records.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut cache_mounts = Vec::new();
+    if to.cache_mounts {
+        for (id, own) in export_cache_mounts(req, to.compression, level).await? {
+            cache_mounts.push(CacheMountContent {
+                id,
+                layer: layers.len(),
+            });
+            let (entry, blob) = own_layer(&own, to, level, None);
+            layers.push(entry);
+            blobs.push(blob);
+        }
+    }
     // A blob two layers share (the same content built twice) goes up once.
     let mut seen = BTreeSet::new();
     blobs.retain(|b| seen.insert(b.digest));
@@ -234,9 +232,59 @@ async fn describe(
             version: description::VERSION,
             layers,
             records,
+            cache_mounts,
         },
         blobs,
     ))
+}
+
+/// A layer this store compressed, as a description entry and the blob to send.
+fn own_layer(
+    own: &kiln_exporter::export::Layer,
+    to: &CacheTo,
+    level: Option<i32>,
+    source_date_epoch: Option<u64>,
+) -> (Layer, BlobRef) {
+    let media_type = layer_media_type(own.compression, to.oci_media_types).to_string();
+    let entry = Layer {
+        digest: Some(own.digest),
+        size: Some(own.size),
+        media_type: Some(media_type.clone()),
+        image_layer: None,
+        diff_id: Some(own.diff_id),
+        compression_level: level,
+        source_date_epoch,
+        base_manifest: None,
+    };
+    let blob = BlobRef {
+        digest: own.digest,
+        media_type,
+        size: own.size,
+    };
+    (entry, blob)
+}
+
+/// The contents of the build's cache mounts that exist in the store, each as a layer blob (a mount is
+/// held shared while it is read, so no step changes it meanwhile).
+async fn export_cache_mounts(
+    req: &ExportRequest<'_>,
+    compression: kiln_cache::Compression,
+    level: Option<i32>,
+) -> Result<Vec<(String, kiln_exporter::export::Layer)>, Error> {
+    let (store, ids) = (req.store.clone(), req.cache_mounts.to_vec());
+    tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let mut exported = Vec::new();
+        for id in ids {
+            let Some(mount) = store.existing_cache_mount(&id)? else {
+                continue;
+            };
+            let layer = export_directory(&store, &mount.path, compression, level)?;
+            exported.push((id, layer));
+        }
+        Ok(exported)
+    })
+    .await
+    .map_err(|e| Error::Usage(format!("exporting cache mounts: {e}")))?
 }
 
 /// Uploads what the registry lacks, mounting from the build's own repositories (and its base images')
@@ -314,6 +362,7 @@ pub fn inline_description(records: &[FinishedRecord], finals: &[LayerRef]) -> Op
         version: description::VERSION,
         layers,
         records,
+        cache_mounts: Vec::new(),
     })
     .ok()
 }

@@ -439,6 +439,19 @@ impl CacheImport for ImportedCache {
         })
     }
 
+    fn fetch_cache_mount<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Digest>, String>> {
+        Box::pin(async move {
+            let Some(mount) = self.description.cache_mounts.iter().find(|m| m.id == id) else {
+                return Ok(None);
+            };
+            let layer = &self.layers[mount.layer];
+            self.blobs
+                .fetch_into(&self.store, &layer.digest, &layer.media_type, layer.size)
+                .await?;
+            Ok(Some(layer.digest))
+        })
+    }
+
     fn inputs_for_step(&self, step: &str) -> Vec<KeyInputs> {
         self.by_step
             .get(step)

@@ -42,6 +42,8 @@ pub struct CacheTo {
     pub oci_media_types: bool,
     /// An export that fails is a warning, not a failed build.
     pub ignore_error: bool,
+    /// `cache-mounts=true`: the contents of the build's `RUN --mount=type=cache` directories travel too.
+    pub cache_mounts: bool,
 }
 
 /// One `--cache-from`.
@@ -188,6 +190,12 @@ pub fn parse_cache_to(raw: &str) -> Result<CacheTo, Error> {
         .map_err(|e| p.bad(&e.to_string()))?;
     let oci_media_types = p.bool("oci-mediatypes", true)?;
     let ignore_error = p.bool("ignore-error", false)?;
+    let cache_mounts = p.bool("cache-mounts", false)?;
+    if destination == Destination::Inline && cache_mounts {
+        return Err(p.bad(
+            "type=inline cannot carry cache mounts (they are not image layers); use type=registry or type=local",
+        ));
+    }
     p.done()?;
     Ok(CacheTo {
         destination,
@@ -196,6 +204,7 @@ pub fn parse_cache_to(raw: &str) -> Result<CacheTo, Error> {
         compression_level,
         oci_media_types,
         ignore_error,
+        cache_mounts,
     })
 }
 
@@ -270,5 +279,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("0 to 9"), "{err}");
+        let err = parse_cache_to("type=inline,cache-mounts=true")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot carry cache mounts"), "{err}");
+        assert!(
+            parse_cache_to("type=local,dest=/tmp/c,cache-mounts=true")
+                .unwrap()
+                .cache_mounts
+        );
     }
 }

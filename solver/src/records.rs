@@ -81,6 +81,16 @@ pub trait CacheImport: Send + Sync {
 
     /// The inputs of its records for `step`, for explaining a miss.
     fn inputs_for_step(&self, step: &str) -> Vec<KeyInputs>;
+
+    /// The contents of the cache mount `id` as this cache carries them: a layer blob brought into the
+    /// solver's store (its digest checked), or `None` when it carries none.
+    fn fetch_cache_mount<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<kiln_cache::Digest>, String>> {
+        let _ = id;
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// A result found in a cache (the store's or an imported one), with the inputs recorded for its key.

@@ -507,6 +507,41 @@ impl Inner {
         }
     }
 
+    /// A cache mount this store does not have yet, seeded from the first imported cache that carries it,
+    /// so a fresh machine starts with what another machine's builds left there. A cache that fails is one
+    /// warning: the step then starts with an empty mount, as it would without imports.
+    pub(crate) async fn seed_cache_mount(
+        self: &Arc<Self>,
+        id: &str,
+        owner: Option<kiln_cache::MountOwner>,
+    ) -> Result<(), SolveError> {
+        if self.imports.is_empty() || self.store.has_cache_mount(id) {
+            return Ok(());
+        }
+        for import in &self.imports {
+            let blob = match import.fetch_cache_mount(id).await {
+                Ok(Some(blob)) => blob,
+                Ok(None) => continue,
+                Err(reason) => {
+                    tracing::warn!(
+                        "cache {}: cache mount {id:?}: {reason}; not seeding it",
+                        import.name()
+                    );
+                    continue;
+                }
+            };
+            let (store, id_owned) = (self.store.clone(), id.to_owned());
+            match tokio::task::spawn_blocking(move || store.seed_cache_mount(&id_owned, &blob, owner)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => {
+                    tracing::warn!("cache {}: cache mount {id:?}: {e}; not seeding it", import.name())
+                }
+                Err(e) => tracing::warn!("seeding cache mount {id:?}: {e}"),
+            }
+        }
+        Ok(())
+    }
+
     /// The result under `key` in the store or, failing that, in the first imported cache that has it
     /// (recorded in the store then, so the next build finds it there), with the inputs recorded for it.
     async fn cached_anywhere(

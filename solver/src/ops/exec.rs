@@ -81,6 +81,7 @@ pub(crate) async fn run(
                     CacheSharing::Shared => MountSharing::Shared,
                     CacheSharing::Private | CacheSharing::Locked => MountSharing::Exclusive,
                 };
+                inner.seed_cache_mount(id, mount.owner_mode).await?;
                 let store = inner.store.clone();
                 let (cache_id, owner) = (id.clone(), mount.owner_mode);
                 let cache = joined(
