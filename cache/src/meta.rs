@@ -352,6 +352,36 @@ pub(crate) struct DbDump {
     pub cache_mounts: Vec<(String, CacheMountRecord)>,
 }
 
+/// The database file as a read transaction sees it: reads reach the file, writes and syncs go nowhere.
+/// Only ever opened under the database lock held shared, when no writer can change the file.
+#[derive(Debug)]
+struct ReadOnlyFile(std::fs::File);
+
+impl redb::StorageBackend for ReadOnlyFile {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buffer = vec![0; len];
+        self.0.read_exact_at(&mut buffer, offset)?;
+        Ok(buffer)
+    }
+
+    fn set_len(&self, _len: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn sync_data(&self, _eventual: bool) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn write(&self, _offset: u64, _data: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Store {
     /// Waits for the database lock. Everything that opens the database, or commits files that the database
     /// must see atomically with them, runs while holding it.
@@ -393,12 +423,17 @@ impl Store {
         run().map_err(|e| self.tx_error(e))
     }
 
-    pub(crate) fn read_locked<T>(
-        &self,
-        held: &LockGuard,
-        f: impl FnOnce(&ReadTransaction) -> TxResult<T>,
-    ) -> Result<T> {
-        let db = self.open_db(held)?;
+    /// The database opened for reading. redb marks its file in use when it opens it and clean when it
+    /// closes it, three fsyncs a read needs none of, so a read goes through [`ReadOnlyFile`], which drops
+    /// every write: the file stays as the last commit left it. It fails on anything unusual (a database
+    /// that needs repair, a file not made yet); the caller then takes the ordinary path, which repairs
+    /// and persists.
+    fn open_db_read_only(&self) -> std::result::Result<Database, redb::DatabaseError> {
+        let file = std::fs::File::open(self.db_path())?;
+        Database::builder().create_with_backend(ReadOnlyFile(file))
+    }
+
+    fn read_in<T>(&self, db: Database, f: impl FnOnce(&ReadTransaction) -> TxResult<T>) -> Result<T> {
         let run = || -> TxResult<T> {
             let txn = db.begin_read()?;
             f(&txn)
@@ -406,14 +441,38 @@ impl Store {
         run().map_err(|e| self.tx_error(e))
     }
 
+    /// Runs `f` in a read transaction while the caller holds the database lock alone.
+    pub(crate) fn read_locked<T>(
+        &self,
+        held: &LockGuard,
+        f: impl FnOnce(&ReadTransaction) -> TxResult<T>,
+    ) -> Result<T> {
+        let db = match self.open_db_read_only() {
+            Ok(db) => db,
+            Err(_) => self.open_db(held)?,
+        };
+        self.read_in(db, f)
+    }
+
     pub(crate) fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> TxResult<T>) -> Result<T> {
         let held = self.db_lock()?;
         self.write_locked(&held, f)
     }
 
+    /// Runs `f` in a read transaction. Readers share the database lock (writers take it alone), so
+    /// reads from the threads of a build, or from other kiln processes, do not wait for each other.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> TxResult<T>) -> Result<T> {
-        let held = self.db_lock()?;
-        self.read_locked(&held, f)
+        let shared = LockGuard::acquire_shared(&self.locks_dir().join("db.lock"))?;
+        match self.open_db_read_only() {
+            Ok(db) => self.read_in(db, f),
+            Err(_) => {
+                // The ordinary open writes to the file: it needs the lock alone.
+                drop(shared);
+                let held = self.db_lock()?;
+                let db = self.open_db(&held)?;
+                self.read_in(db, f)
+            }
+        }
     }
 
     /// Creates every table, so that read transactions never meet a missing one.

@@ -223,3 +223,35 @@ fn two_handles_in_one_process_work_concurrently() {
     });
     assert_eq!(env.store.list_images().expect("list").len(), 80);
 }
+
+/// Reads go through a view of the database file that writes nothing, so they cost no fsync and many can run
+/// at once; the file must come out of any number of them byte for byte as the last commit left it.
+#[test]
+fn reads_leave_the_database_file_as_it_was() {
+    let env = Env::new();
+    let s = &env.store;
+    let a = Digest::of(b"a");
+    s.tag_image("app:1", &record(a)).expect("tag");
+    let db = s.root().join("db.redb");
+    let before = std::fs::read(&db).expect("read db");
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = s.clone();
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    assert!(store.get_image("app:1").expect("get").is_some());
+                    assert!(!store.list_images().expect("list").is_empty());
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.join().expect("reader thread");
+    }
+    assert!(
+        std::fs::read(&db).expect("read db") == before,
+        "a read changed the database file"
+    );
+    s.tag_image("app:2", &record(a)).expect("a write after the reads");
+    assert!(s.get_image("app:2").expect("get").is_some());
+}
