@@ -25,8 +25,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{fsync_dir, now_secs};
 use crate::gc::remove_any;
 use crate::meta::{
-    LeaseResource, SnapshotId, SnapshotRecord, TarDiffId, add_to_lease, get_snapshot, put_snapshot,
-    read_snapshot, update_snapshot,
+    BlobMeta, LeaseResource, SnapshotId, SnapshotRecord, TarDiffId, add_to_lease, get_snapshot,
+    put_blob_meta, put_snapshot, read_snapshot, update_snapshot,
 };
 use crate::{Digest, Store};
 
@@ -172,22 +172,22 @@ impl Store {
         source_date_epoch: Option<u64>,
         diff_id: &Digest,
     ) -> Result<()> {
+        self.write(|txn| put_tar_diff_id(txn, id, source_date_epoch, diff_id))
+    }
+
+    /// A layer brought in whole from elsewhere (a shared cache): its blob's metadata and its snapshot's
+    /// diff_id for `source_date_epoch`, in one transaction.
+    pub fn record_layer(
+        &self,
+        blob: &Digest,
+        meta: &BlobMeta,
+        id: &SnapshotId,
+        source_date_epoch: Option<u64>,
+        diff_id: &Digest,
+    ) -> Result<()> {
         self.write(|txn| {
-            let mut record = get_snapshot(txn, id)?.ok_or_else(|| Error::SnapshotNotFound {
-                what: "snapshot",
-                id: id.to_string(),
-            })?;
-            record
-                .tar_diff_ids
-                .retain(|t| t.source_date_epoch != source_date_epoch);
-            record.tar_diff_ids.push(TarDiffId {
-                source_date_epoch,
-                diff_id: *diff_id,
-            });
-            if source_date_epoch.is_none() && record.diff_id.is_none() {
-                record.diff_id = Some(*diff_id);
-            }
-            update_snapshot(txn, id, &record)
+            put_blob_meta(txn, blob, meta)?;
+            put_tar_diff_id(txn, id, source_date_epoch, diff_id)
         })
     }
 
@@ -207,6 +207,29 @@ impl Store {
             .find(|t| t.source_date_epoch == source_date_epoch)
             .map(|t| t.diff_id))
     }
+}
+
+fn put_tar_diff_id(
+    txn: &redb::WriteTransaction,
+    id: &SnapshotId,
+    source_date_epoch: Option<u64>,
+    diff_id: &Digest,
+) -> crate::meta::TxResult<()> {
+    let mut record = get_snapshot(txn, id)?.ok_or_else(|| Error::SnapshotNotFound {
+        what: "snapshot",
+        id: id.to_string(),
+    })?;
+    record
+        .tar_diff_ids
+        .retain(|t| t.source_date_epoch != source_date_epoch);
+    record.tar_diff_ids.push(TarDiffId {
+        source_date_epoch,
+        diff_id: *diff_id,
+    });
+    if source_date_epoch.is_none() && record.diff_id.is_none() {
+        record.diff_id = Some(*diff_id);
+    }
+    update_snapshot(txn, id, &record)
 }
 
 fn random_snapshot_id() -> Result<SnapshotId> {

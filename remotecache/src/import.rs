@@ -384,22 +384,15 @@ impl ImportedCache {
                 (None, Some(got)) => got,
                 (None, None) => return Err(format!("layer {} has no diff_id", l.digest)),
             };
-            if let Ok(compression) = Compression::from_media_type(&l.media_type) {
-                // The level is what lets a later export with the same settings reuse this blob.
-                store
-                    .set_blob_meta(
-                        &l.digest,
-                        &BlobMeta {
-                            media_type: Some(l.media_type.clone()),
-                            diff_id: Some(diff_id),
-                            compression: Some(compression),
-                            compression_level: l.level,
-                        },
-                    )
-                    .map_err(|e| e.to_string())?;
-            }
+            // The level is what lets a later export with the same settings reuse this blob.
+            let meta = BlobMeta {
+                media_type: Some(l.media_type.clone()),
+                diff_id: Some(diff_id),
+                compression: Compression::from_media_type(&l.media_type).ok(),
+                compression_level: l.level,
+            };
             store
-                .set_snapshot_diff_id(&id, l.source_date_epoch, &diff_id)
+                .record_layer(&l.digest, &meta, &id, l.source_date_epoch, &diff_id)
                 .map_err(|e| e.to_string())?;
             Ok((id, diff_id))
         })
