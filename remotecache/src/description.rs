@@ -123,3 +123,59 @@ impl Description {
         serde_json::to_vec(self).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer() -> Layer {
+        Layer {
+            digest: Some(Digest::of(b"layer")),
+            size: Some(5),
+            media_type: Some("application/vnd.oci.image.layer.v1.tar+gzip".to_string()),
+            image_layer: None,
+            diff_id: Some(Digest::of(b"tar")),
+            compression_level: Some(6),
+            source_date_epoch: None,
+            base_manifest: None,
+        }
+    }
+
+    #[test]
+    fn a_description_reads_back_as_written() {
+        let description = Description {
+            version: VERSION,
+            layers: vec![layer(), layer()],
+            records: vec![Record {
+                key: "kiln-cache-v2:ab".to_string(),
+                chain: vec![0],
+                inputs: None,
+            }],
+            cache_mounts: vec![CacheMountContent {
+                id: "/root/.cache".to_string(),
+                layer: 1,
+            }],
+        };
+        let bytes = description.to_bytes();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains("\"cacheMounts\""), "{text}");
+        assert!(text.contains("\"diffId\""), "{text}");
+        assert_eq!(Description::parse(&bytes).unwrap(), description);
+    }
+
+    #[test]
+    fn other_versions_and_dangling_indexes_are_refused() {
+        let err = Description::parse(br#"{"version": 2, "layers": [], "records": []}"#).unwrap_err();
+        assert!(err.contains("version 2"), "{err}");
+        let err = Description::parse(br#"{"layers": []}"#).unwrap_err();
+        assert!(err.contains("no version"), "{err}");
+        let err = Description::parse(b"not json").unwrap_err();
+        assert!(err.contains("not valid JSON"), "{err}");
+        let err =
+            Description::parse(br#"{"version": 1, "records": [{"key": "k", "chain": [0]}]}"#).unwrap_err();
+        assert!(err.contains("names layer 0"), "{err}");
+        let err =
+            Description::parse(br#"{"version": 1, "cacheMounts": [{"id": "m", "layer": 3}]}"#).unwrap_err();
+        assert!(err.contains("cache mount \"m\""), "{err}");
+    }
+}
