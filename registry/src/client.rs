@@ -101,8 +101,9 @@ struct Inner {
     /// One oci-client per registry host: oci-client picks http or https per client, and its token cache
     /// then lives as long as this client.
     clients: Mutex<HashMap<String, oci_client::Client>>,
-    /// For the login check, which oci-client cannot do (see [`RegistryClient::login`]).
-    http: reqwest::Client,
+    /// For the login check, which oci-client cannot do (see [`RegistryClient::login`]); made on first use,
+    /// since loading the system's CA certificates costs every other command time for nothing.
+    http: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -130,19 +131,13 @@ impl RegistryClient {
             Some(dir) => DockerConfig::load(dir)?,
             None => DockerConfig::default(),
         };
-        let http = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
-            .build()
-            .map_err(|e| transport("create HTTP client for", "registries", e))?;
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 config,
                 docker_config_dir,
                 credentials: RwLock::new(credentials),
                 clients: Mutex::new(HashMap::new()),
-                http,
+                http: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -682,7 +677,18 @@ impl RegistryClient {
             "https"
         };
         let url = format!("{scheme}://{host}/v2/");
-        let http = &self.inner.http;
+        let http = match self.inner.http.get() {
+            Some(http) => http,
+            None => {
+                let made = reqwest::Client::builder()
+                    .user_agent(USER_AGENT)
+                    .connect_timeout(self.inner.config.connect_timeout)
+                    .read_timeout(self.inner.config.read_timeout)
+                    .build()
+                    .map_err(|e| transport("create HTTP client for", "registries", e))?;
+                self.inner.http.get_or_init(|| made)
+            }
+        };
         let send = |req: reqwest::RequestBuilder| async move {
             req.send().await.map_err(|e| failed(error_chain(&e)))
         };
