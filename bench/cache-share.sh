@@ -161,8 +161,8 @@ echo "median wall seconds of $RUNS runs; $("$KILN" --version | head -1), $("$DOC
 printf '| %-48s | %-18s | %-18s | %13s |\n' "" "kiln (min-max)" "BuildKit (min-max)" kiln/BuildKit
 printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..50})" "--------------------" "--------------------" "---------------"
 row() {
-    printf '| %-48s | %5.2f (%-10s) | %5.2f (%-10s) | %13s |\n' "$1" "${T[kiln/$2]}" "${R[kiln/$2]}" \
-        "${T[docker/$2]}" "${R[docker/$2]}" "$(ratio "${T[kiln/$2]}" "${T[docker/$2]}")"
+    printf '| %-48s | %5.2f %-12s | %5.2f %-12s | %13s |\n' "$1" "${T[kiln/$2]}" "(${R[kiln/$2]})" \
+        "${T[docker/$2]}" "(${R[docker/$2]})" "$(ratio "${T[kiln/$2]}" "${T[docker/$2]}")"
 }
 row "cold build" cold
 row "cold + --cache-to type=registry,mode=max" export
