@@ -217,7 +217,7 @@ pub(crate) fn from_oci(
             }
         }
         OciDistributionError::RequestError(e) => match e.status() {
-            Some(status) => by_status(status.as_u16(), e.to_string()),
+            Some(status) => by_status(status.as_u16(), crate::redact_urls(&e.to_string())),
             None => transport(op, reference, e),
         },
         OciDistributionError::ManifestParsingError(reason)
@@ -237,7 +237,7 @@ pub(crate) fn from_oci(
             op,
             reference: reference_s,
             status: None,
-            message: shorten(&other.to_string()),
+            message: shorten(&crate::redact_urls(&other.to_string())),
         },
     }
 }
@@ -269,7 +269,7 @@ pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         }
         cause = c.source();
     }
-    message
+    crate::redact_urls(&message)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod client;
 mod docker_config;
 mod error;
 mod platform;
+mod redact;
 mod reference;
 
 pub use client::{
@@ -19,6 +20,7 @@ pub use client::{
 pub use docker_config::{Credentials, DockerConfig, canonical_registry, default_docker_config_dir};
 pub use error::{Error, Result};
 pub use platform::{Platform, PlatformMatch};
+pub use redact::{redact_urls, without_credentials};
 pub use reference::Reference;
 
 /// The OCI types used in this API (descriptors, digests), re-exported so callers use the same version.

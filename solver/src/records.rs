@@ -236,28 +236,6 @@ fn file_differences(now: &KeyInputs, then: &KeyInputs) -> Vec<String> {
     vec![line]
 }
 
-/// `entry` with the user and password of any URL in it replaced by `***`: a proxy build arg such as
-/// `HTTPS_PROXY=http://user:secret@proxy:3128` reaches RUN's environment, but its credentials must not reach
-/// a cache description that travels to a registry.
-pub fn without_credentials(entry: &str) -> String {
-    let mut out = String::with_capacity(entry.len());
-    let mut rest = entry;
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        let authority_end = tail.find(['/', '?', '#', ' ']).unwrap_or(tail.len());
-        match tail[..authority_end].rfind('@') {
-            Some(userinfo_end) => {
-                out.push_str("***");
-                rest = &tail[userinfo_end..];
-            }
-            None => rest = tail,
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 /// The step identity of a vertex: platform, and the `[stage n/m]` prefix of its description without the
 /// count, so a record of "the second instruction of stage build" is found again after the instruction text
 /// (or the number of instructions) changes.
@@ -316,19 +294,6 @@ mod tests {
         );
         assert!(reasons[1].contains("b.txt (content)"), "{reasons:?}");
         assert!(!reasons[1].contains("a.txt"), "{reasons:?}");
-    }
-
-    #[test]
-    fn credentials_in_urls_are_left_out() {
-        assert_eq!(
-            without_credentials("HTTPS_PROXY=http://alice:s3cret@proxy:3128/"),
-            "HTTPS_PROXY=http://***@proxy:3128/"
-        );
-        assert_eq!(
-            without_credentials("URL=https://example.com/a@b"),
-            "URL=https://example.com/a@b"
-        );
-        assert_eq!(without_credentials("PLAIN=value"), "PLAIN=value");
     }
 
     #[test]

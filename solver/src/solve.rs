@@ -615,7 +615,13 @@ impl Inner {
                     .await
                     .map_err(|e| self.step_error(idx, e))?;
             }
-            Op::Exec(exec) => inputs.env = exec.env.iter().map(|e| records::without_credentials(e)).collect(),
+            Op::Exec(exec) => {
+                inputs.env = exec
+                    .env
+                    .iter()
+                    .map(|e| kiln_registry::without_credentials(e))
+                    .collect()
+            }
             Op::File(file) if with_files => {
                 for action in &file.actions {
                     if let FileAction::Copy(copy) = action {
