@@ -114,11 +114,11 @@ fn write_layout(store: &Store, dest: &Path, layout: OciLayout, drop_unreferenced
         dir.file(INDEX_FILE, &index_json(layout.manifests)?)?;
         return tmp.persist(&dest);
     }
-    let mut dir = LayoutDir { root: &dest };
-    write_blobs(store, layout.blobs, &mut dir)?;
     // The lock file BuildKit's index update takes: concurrent writers, kiln's or BuildKit's, add their
     // entries in turn instead of one update losing the other's. It stays when done (BuildKit removes it):
-    // a writer waiting on a removed file and one locking a new file would both go ahead.
+    // a writer waiting on a removed file and one locking a new file would both go ahead. kiln holds it
+    // while it writes its blobs too, so another kiln writer's cleanup never deletes blobs this one has
+    // written and not yet indexed.
     let lock_path = dest.join(INDEX_LOCK_FILE);
     let lock = File::options()
         .create(true)
@@ -128,6 +128,8 @@ fn write_layout(store: &Store, dest: &Path, layout: OciLayout, drop_unreferenced
         .map_err(Error::io(format!("open {}", lock_path.display())))?;
     rustix::fs::flock(&lock, FlockOperation::LockExclusive)
         .map_err(|e| Error::io(format!("lock {}", lock_path.display()))(e.into()))?;
+    let mut dir = LayoutDir { root: &dest };
+    write_blobs(store, layout.blobs, &mut dir)?;
     let index_path = dest.join(INDEX_FILE);
     let index = add_to_index(&index_path, layout.manifests)?;
     atomic::write_file(&index_path, |w| {
