@@ -84,12 +84,12 @@ pub enum Error {
 
     /// The request did not get an answer: connection refused or reset, TLS failure, timeout.
     #[error("{op} {reference}: {message}")]
+    /// `message` is the whole cause chain, URL secrets removed; the causes themselves are not kept, since
+    /// printing them would bring the URLs back.
     Transport {
         op: &'static str,
         reference: String,
         message: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     #[error("{context}: {source}")]
@@ -244,16 +244,11 @@ pub(crate) fn from_oci(
 
 /// A transport failure, with the causes reqwest chains (e.g. "connection refused") spelled out since its
 /// own message is only "error sending request".
-pub(crate) fn transport(
-    op: &'static str,
-    reference: &str,
-    err: impl std::error::Error + Send + Sync + 'static,
-) -> Error {
+pub(crate) fn transport(op: &'static str, reference: &str, err: impl std::error::Error + 'static) -> Error {
     Error::Transport {
         op,
         reference: reference.to_owned(),
         message: error_chain(&err),
-        source: Box::new(err),
     }
 }
 
