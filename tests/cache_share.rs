@@ -473,3 +473,50 @@ fn cache_mounts_travel_with_cache_mounts_true_and_only_then() {
     );
     assert_eq!(c.run("fresh", &["cat", "/seen"]), "c\n");
 }
+
+#[test]
+#[cfg_attr(
+    kiln_unprivileged,
+    ignore = "needs root: RUN steps use namespaces and overlayfs"
+)]
+fn a_directory_cache_with_grown_blobs_is_read_no_further_than_its_sizes() {
+    let a = Env::new();
+    let context = project(&a, "project");
+    let dir = a.work.join("cache-dir");
+    a.build_ok(
+        &context,
+        &[
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", dir.display()),
+        ],
+    );
+    // Every blob but the documents grows past its descriptor's size, as a hostile directory's could.
+    let mut grown = 0;
+    for entry in std::fs::read_dir(dir.join("blobs/sha256")).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        if bytes.first() != Some(&b'{') {
+            std::fs::write(&path, [bytes, vec![0u8; 4096]].concat()).unwrap();
+            grown += 1;
+        }
+    }
+    assert!(grown > 0, "no layer blob in the cache directory");
+    let b = Env::new();
+    let progress = b.build_ok(
+        &context,
+        &[
+            "-t",
+            "result",
+            "--cache-from",
+            &format!("type=local,src={}", dir.display()),
+        ],
+    );
+    let warnings: Vec<&str> = progress
+        .lines()
+        .filter(|l| l.contains("bytes the cache says"))
+        .collect();
+    // At most one warning per bad blob, however many steps stood on it.
+    assert!(!warnings.is_empty() && warnings.len() <= grown, "{progress}");
+    assert!(ran(&progress, "cat /tools"), "{progress}");
+    assert_eq!(b.run("result", &["cat", "/final"]), "tools\nsource\nlast\n");
+}

@@ -48,9 +48,23 @@ impl Blobs {
             }
             Blobs::Dir(dir) => {
                 let path = blob_file(dir, digest);
-                let mut file =
-                    std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
-                std::io::copy(&mut file, out).map_err(|e| format!("read {}: {e}", path.display()))?;
+                let file = std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+                // Never more than the descriptor's size (plus one byte, to tell a longer file): the
+                // directory is not ours, and a blob there may be a huge file or a link to /dev/zero.
+                let copied = std::io::copy(&mut file.take(size.saturating_add(1)), out)
+                    .map_err(|e| format!("read {}: {e}", path.display()))?;
+                if copied > size {
+                    return Err(format!(
+                        "{} is longer than the {size} bytes the cache says",
+                        path.display()
+                    ));
+                }
+                if copied < size {
+                    return Err(format!(
+                        "{} has {copied} bytes, not the {size} bytes the cache says",
+                        path.display()
+                    ));
+                }
                 Ok(())
             }
         }

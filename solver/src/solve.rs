@@ -79,6 +79,8 @@ pub(crate) struct Inner {
     hashers: Mutex<HashMap<PathBuf, HasherCell>>,
     /// Caches from elsewhere, asked in order when the store has no record.
     imports: Vec<Arc<dyn CacheImport>>,
+    /// What went wrong with them so far, each said once.
+    import_failures: Mutex<std::collections::HashSet<String>>,
     /// Steps with a result, by key, in the order they finished.
     finished: Mutex<Vec<FinishedRecord>>,
     /// The inputs of the store's records by step, read once when the first miss is explained.
@@ -131,6 +133,7 @@ impl Solver {
                 results: (0..count).map(|_| OnceCell::new()).collect(),
                 hashers: Mutex::new(HashMap::new()),
                 imports: parts.imports,
+                import_failures: Mutex::default(),
                 finished: Mutex::new(Vec::new()),
                 local_inputs: OnceCell::new(),
                 explanations: Mutex::new(Vec::new()),
@@ -567,11 +570,14 @@ impl Inner {
                 }
                 Ok(None) => {}
                 Err(reason) => {
-                    tracing::warn!(
-                        "cache {}: {reason}; building {} without it",
-                        import.name(),
-                        self.graph.vertices[idx].meta.description
-                    );
+                    // A bad blob under many records would fail every step above it the same way: say it once.
+                    if lock(&self.import_failures).insert(format!("{}: {reason}", import.name())) {
+                        tracing::warn!(
+                            "cache {}: {reason}; building {} (and any other step that needs it) without it",
+                            import.name(),
+                            self.graph.vertices[idx].meta.description
+                        );
+                    }
                 }
             }
         }
