@@ -74,14 +74,15 @@ impl Store {
         self.cache_mounts_dir().join(Self::cache_mount_name(id)).is_dir()
     }
 
-    /// The cache mount `id` if it exists, held shared (its contents are read, not changed, while held).
+    /// The cache mount `id` if it exists, held alone: steps sharing a mount write to it while they hold it
+    /// shared, so whoever reads the whole of it (an export) waits for them and keeps them out meanwhile.
     pub fn existing_cache_mount(&self, id: &str) -> Result<Option<CacheMount>> {
         let name = Self::cache_mount_name(id);
         let path = self.cache_mounts_dir().join(&name);
         if !path.is_dir() {
             return Ok(None);
         }
-        let lock = LockGuard::acquire_shared(&self.cache_mount_lock(&name))?;
+        let lock = LockGuard::acquire(&self.cache_mount_lock(&name))?;
         Ok(path.is_dir().then_some(CacheMount { path, _lock: lock }))
     }
 
@@ -122,10 +123,17 @@ impl Store {
         std::os::unix::fs::chown(&fresh.path, Some(uid), Some(gid))
             .and_then(|()| std::fs::set_permissions(&fresh.path, std::fs::Permissions::from_mode(mode)))
             .ctx(|| format!("prepare cache mount {id:?}"))?;
-        match std::fs::rename(&fresh.path, &path) {
+        // Never over a mount that appeared meanwhile, even an empty one: a shared user may be writing to it.
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &fresh.path,
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
             Ok(()) => fsync_dir(&dir),
             Err(_) if path.is_dir() => Ok(()),
-            Err(e) => Err(e).ctx(|| format!("create cache mount {}", path.display())),
+            Err(e) => Err(std::io::Error::from(e)).ctx(|| format!("create cache mount {}", path.display())),
         }
     }
 

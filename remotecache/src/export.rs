@@ -265,7 +265,7 @@ fn own_layer(
 }
 
 /// The contents of the build's cache mounts that exist in the store, each as a layer blob (a mount is
-/// held shared while it is read, so no step changes it meanwhile).
+/// held alone while it is read, so no step changes it meanwhile).
 async fn export_cache_mounts(
     req: &ExportRequest<'_>,
     compression: kiln_cache::Compression,
