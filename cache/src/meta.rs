@@ -425,12 +425,14 @@ impl Store {
 
     /// The database opened for reading. redb marks its file in use when it opens it and clean when it
     /// closes it, three fsyncs a read needs none of, so a read goes through [`ReadOnlyFile`], which drops
-    /// every write: the file stays as the last commit left it. It fails on anything unusual (a database
-    /// that needs repair, a file not made yet); the caller then takes the ordinary path, which repairs
-    /// and persists.
+    /// every write: the file stays as the last commit left it. It fails on anything unusual (a file not
+    /// made yet; one that needs repair, which would be redone in memory by every read until a write
+    /// persisted it); the caller then takes the ordinary path, which repairs and persists.
     fn open_db_read_only(&self) -> std::result::Result<Database, redb::DatabaseError> {
         let file = std::fs::File::open(self.db_path())?;
-        Database::builder().create_with_backend(ReadOnlyFile(file))
+        Database::builder()
+            .set_repair_callback(|session| session.abort())
+            .create_with_backend(ReadOnlyFile(file))
     }
 
     fn read_in<T>(&self, db: Database, f: impl FnOnce(&ReadTransaction) -> TxResult<T>) -> Result<T> {
