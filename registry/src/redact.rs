@@ -4,6 +4,15 @@
 /// `HTTPS_PROXY=http://user:secret@proxy:3128` reaches RUN's environment, but its credentials must not reach
 /// a cache description that travels to a registry.
 pub fn without_credentials(entry: &str) -> String {
+    // A proxy value may leave out the scheme (`HTTP_PROXY=user:secret@proxy:3128`), as curl allows.
+    if let Some((key, value)) = entry.split_once('=')
+        && !value.contains("://")
+        && let Some(at) = value.find('@')
+        && value[..at].contains(':')
+        && !value[..at].contains(['/', ' '])
+    {
+        return format!("{key}=***{}", &value[at..]);
+    }
     let mut out = String::with_capacity(entry.len());
     let mut rest = entry;
     while let Some(at) = rest.find("://") {
@@ -64,6 +73,14 @@ mod tests {
             "URL=https://example.com/a@b"
         );
         assert_eq!(without_credentials("PLAIN=value"), "PLAIN=value");
+        assert_eq!(
+            without_credentials("HTTP_PROXY=bob:pw@proxy:3128"),
+            "HTTP_PROXY=***@proxy:3128"
+        );
+        assert_eq!(
+            without_credentials("EMAIL=me@example.com"),
+            "EMAIL=me@example.com"
+        );
     }
 
     #[test]
