@@ -212,6 +212,7 @@ async fn read_top(
         return Ok(read_manifest(blobs, top).await?.into_iter().collect());
     }
     let mut found = Vec::new();
+    let mut first_error = None;
     for entry in top["manifests"].as_array().cloned().unwrap_or_default() {
         if let Some(os) = entry["platform"]["os"].as_str() {
             let arch = entry["platform"]["architecture"].as_str().unwrap_or_default();
@@ -219,10 +220,22 @@ async fn read_top(
                 continue;
             }
         }
-        let bytes = read_child_manifest(blobs, &entry).await?;
-        found.extend(read_manifest(blobs, &json(&bytes, "a manifest of the cache index")?).await?);
+        // One entry that cannot be read (another tool's, a nested index) leaves the others usable.
+        let read = async {
+            let bytes = read_child_manifest(blobs, &entry).await?;
+            read_manifest(blobs, &json(&bytes, "a manifest of the cache index")?).await
+        };
+        match read.await {
+            Ok(description) => found.extend(description),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    Ok(found)
+    match first_error {
+        Some(e) if found.is_empty() => Err(e),
+        _ => Ok(found),
+    }
 }
 
 async fn read_manifest(
