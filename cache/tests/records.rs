@@ -234,6 +234,12 @@ fn reads_leave_the_database_file_as_it_was() {
     s.tag_image("app:1", &record(a)).expect("tag");
     let db = s.root().join("db.redb");
     let before = std::fs::read(&db).expect("read db");
+    // Bytes alone cannot tell: an ordinary open and clean close writes the header back as it was. The
+    // modification time tells whether anything was written at all.
+    let written_at = std::fs::metadata(&db)
+        .and_then(|m| m.modified())
+        .expect("stat db");
+    std::thread::sleep(std::time::Duration::from_millis(20));
     let readers: Vec<_> = (0..4)
         .map(|_| {
             let store = s.clone();
@@ -251,6 +257,13 @@ fn reads_leave_the_database_file_as_it_was() {
     assert!(
         std::fs::read(&db).expect("read db") == before,
         "a read changed the database file"
+    );
+    assert_eq!(
+        std::fs::metadata(&db)
+            .and_then(|m| m.modified())
+            .expect("stat db"),
+        written_at,
+        "a read wrote to the database file"
     );
     s.tag_image("app:2", &record(a)).expect("a write after the reads");
     assert!(s.get_image("app:2").expect("get").is_some());
