@@ -345,12 +345,18 @@ fn parse_json(bytes: &[u8], what: &str) -> Result<Value> {
 /// Other repositories of the target's registry that the image has a name in: the registry may link its
 /// blobs from there instead of receiving them again.
 fn mount_sources(store: &Store, image: &StoredImage, target: &Reference) -> Result<Vec<String>> {
-    let mut repos = BTreeSet::new();
     let names = store
         .images_by_digest(&image.record.digest)?
         .into_iter()
         .map(|(name, _)| name)
         .chain(std::iter::once(image.name.clone()));
+    Ok(mount_repositories(names, target))
+}
+
+/// The repositories of `names` (image references) on `target`'s registry, but `target`'s own, once each:
+/// where that registry may mount blobs from.
+pub fn mount_repositories(names: impl IntoIterator<Item = String>, target: &Reference) -> Vec<String> {
+    let mut repos = BTreeSet::new();
     for name in names {
         if let Ok(r) = Reference::parse(&name)
             && r.registry() == target.registry()
@@ -359,7 +365,7 @@ fn mount_sources(store: &Store, image: &StoredImage, target: &Reference) -> Resu
             repos.insert(r.repository().to_owned());
         }
     }
-    Ok(repos.into_iter().collect())
+    repos.into_iter().collect()
 }
 
 /// Uploads one stored blob to `target`'s repository unless it is there already, mounting it from one of

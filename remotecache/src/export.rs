@@ -290,7 +290,6 @@ async fn export_cache_mounts(
 /// Uploads what the registry lacks, mounting from the build's own repositories (and its base images')
 /// where it can.
 async fn upload(req: &ExportRequest<'_>, target: &Reference, blobs: Vec<BlobRef>) -> Result<(), Error> {
-    let mut repos = BTreeSet::new();
     let mut names: Vec<String> = req.image_names.to_vec();
     for record in req.records {
         for layer in &record.layers {
@@ -304,15 +303,7 @@ async fn upload(req: &ExportRequest<'_>, target: &Reference, blobs: Vec<BlobRef>
             }
         }
     }
-    for name in names {
-        if let Ok(r) = Reference::parse(&name)
-            && r.registry() == target.registry()
-            && r.repository() != target.repository()
-        {
-            repos.insert(r.repository().to_owned());
-        }
-    }
-    let mount_from: Vec<String> = repos.into_iter().collect();
+    let mount_from = kiln_exporter::push::mount_repositories(names, target);
     let jobs: Vec<_> = blobs
         .into_iter()
         .map(|blob| {
