@@ -425,7 +425,7 @@ impl Inner {
         let key = self.clone().key(idx).await?;
         let key_text = format!("{CACHE_KEY_VERSION}:{}", key.to_hex());
         if !self.graph.uncached[idx]
-            && let Some(CacheHit { layers, inputs }) = self.cached_anywhere(idx, &key_text).await?
+            && let Some((layers, inputs)) = self.cached_anywhere(idx, &key_text).await?
         {
             self.cached.fetch_add(1, Ordering::Relaxed);
             if !v.meta.description.is_empty() && !matches!(v.op, Op::Source(_)) {
@@ -435,10 +435,6 @@ impl Inner {
                     name: v.meta.description.clone(),
                 });
             }
-            let inputs = match inputs {
-                Some(inputs) => inputs,
-                None => self.key_inputs(idx, false).await?,
-            };
             self.finish(&key_text, &layers, inputs, false);
             return Ok(Arc::new(Loaded::Layers(layers)));
         }
@@ -546,28 +542,38 @@ impl Inner {
     }
 
     /// The result under `key` in the store or, failing that, in the first imported cache that has it
-    /// (recorded in the store then, so the next build finds it there), with the inputs recorded for it.
+    /// (recorded in the store then, so the next build finds it there), with the inputs of its key: as
+    /// recorded, or worked out again for a record that has none.
     async fn cached_anywhere(
         self: &Arc<Self>,
         idx: usize,
         key: &str,
-    ) -> Result<Option<CacheHit>, SolveError> {
+    ) -> Result<Option<(Vec<LayerRef>, KeyInputs)>, SolveError> {
+        let Some((hit, imported_from)) = self.find_cached(idx, key).await? else {
+            return Ok(None);
+        };
+        let inputs = match hit.inputs {
+            Some(inputs) => inputs,
+            None => self.key_inputs(idx, false).await?,
+        };
+        if let Some(source) = imported_from {
+            self.record(key, &hit.layers, &inputs, Some(source))?;
+        }
+        Ok(Some((hit.layers, inputs)))
+    }
+
+    /// The hit for `key` and, for one from an imported cache, that cache's name.
+    async fn find_cached(
+        self: &Arc<Self>,
+        idx: usize,
+        key: &str,
+    ) -> Result<Option<(CacheHit, Option<&str>)>, SolveError> {
         if let Some(found) = self.cached_layers(key)? {
-            return Ok(Some(found));
+            return Ok(Some((found, None)));
         }
         for import in &self.imports {
             match import.load(key).await {
-                Ok(Some(hit)) => {
-                    let inputs = match hit.inputs {
-                        Some(inputs) => inputs,
-                        None => self.key_inputs(idx, false).await?,
-                    };
-                    self.record(key, &hit.layers, &inputs, Some(import.name()))?;
-                    return Ok(Some(CacheHit {
-                        layers: hit.layers,
-                        inputs: Some(inputs),
-                    }));
-                }
+                Ok(Some(hit)) => return Ok(Some((hit, Some(import.name())))),
                 Ok(None) => {}
                 Err(reason) => {
                     // A bad blob under many records would fail every step above it the same way: say it once.
