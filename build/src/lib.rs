@@ -464,7 +464,6 @@ fn destination_name(to: &CacheTo) -> String {
     }
 }
 
-/// The names the build's images get: where a registry export can mount blobs from.
 /// The ids of the cache mounts the build's RUN steps use, once each.
 fn cache_mount_ids(definitions: &[Definition]) -> Vec<String> {
     let mut ids = std::collections::BTreeSet::new();
@@ -480,6 +479,7 @@ fn cache_mount_ids(definitions: &[Definition]) -> Vec<String> {
     ids.into_iter().collect()
 }
 
+/// The names the build's images get: where a registry export can mount blobs from.
 fn image_names(req: &BuildRequest, outputs: &[Output]) -> Vec<String> {
     let mut names = req.tags.clone();
     for output in outputs {
