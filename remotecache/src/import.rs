@@ -90,7 +90,15 @@ impl Blobs {
         size: u64,
     ) -> Result<(), String> {
         if store.has_blob(digest).map_err(|e| e.to_string())? {
-            return Ok(());
+            // Leased, then looked at again: a concurrent prune may have taken it in between, but not after.
+            if let Some(lease) = store.lease() {
+                store
+                    .lease_add(lease, kiln_cache::LeaseResource::Blob(*digest))
+                    .map_err(|e| e.to_string())?;
+            }
+            if store.has_blob(digest).map_err(|e| e.to_string())? {
+                return Ok(());
+            }
         }
         let mut writer = store.blob_writer().map_err(|e| e.to_string())?;
         self.copy(digest, media_type, size, &mut writer).await?;
