@@ -155,6 +155,10 @@ pub struct BuildArgs {
     /// How many steps may run at once [default: the number of CPU cores]
     #[arg(long = "max-parallelism", value_name = "N")]
     pub max_parallelism: Option<usize>,
+    /// Grant an entitlement to RUN steps: network.host (RUN --network=host) or security.insecure
+    /// (RUN --security=insecure); may repeat or be comma-separated
+    #[arg(long = "allow", value_name = "ENTITLEMENT", value_delimiter = ',')]
+    pub allow: Vec<String>,
     /// A secret for RUN --mount=type=secret: id=ID[,src=FILE|,env=VAR]
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     pub secrets: Vec<String>,
@@ -185,8 +189,8 @@ pub struct RunArgs {
     /// User to run as (name|uid[:group|gid])
     #[arg(short = 'u', long = "user")]
     pub user: Option<String>,
-    /// Network: host (default) or none
-    #[arg(long, default_value = "host")]
+    /// Network: default (a namespace of its own with outbound access), host or none
+    #[arg(long, default_value = "default")]
     pub network: String,
     /// Platform of the image to run
     #[arg(long)]

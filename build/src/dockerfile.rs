@@ -144,6 +144,7 @@ pub(crate) fn convert_options(req: &BuildRequest, platform: &Platform) -> Result
         ignore_patterns,
         no_cache: req.no_cache,
         no_cache_filter: req.no_cache_filter.clone(),
+        allow: req.allow.clone(),
     })
 }
 

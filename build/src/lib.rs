@@ -6,7 +6,7 @@
 
 mod dockerfile;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use kiln_exporter::{ExportInput, ExportedImage, PlatformResult};
 use kiln_frontend::Diagnostic;
 use kiln_frontend::convert::{self, Converted};
 use kiln_frontend::lint::{self, CheckConfig, LintWarning};
-use kiln_llb::{Definition, Platform};
+use kiln_llb::{Definition, Entitlement, Platform};
 use kiln_registry::RegistryClient;
 use kiln_remotecache::{CacheFrom, CacheTo, Destination, ExportRequest, Mode};
 use kiln_solver::SolveError;
@@ -64,6 +64,8 @@ pub struct BuildRequest {
     pub cache_from: Vec<CacheFrom>,
     /// `--explain-cache`: say why each step that missed did.
     pub explain_cache: bool,
+    /// `--allow`: the entitlements RUN steps may use.
+    pub allow: BTreeSet<Entitlement>,
 }
 
 impl BuildRequest {
@@ -89,6 +91,7 @@ impl BuildRequest {
             cache_to: Vec::new(),
             cache_from: Vec::new(),
             explain_cache: false,
+            allow: BTreeSet::new(),
         }
     }
 

@@ -3,7 +3,7 @@
 use kiln_frontend::convert::{ConvertOptions, Converted, ImageResolver, NamedContext, convert};
 use kiln_frontend::parser::parse;
 use kiln_llb::image::ImageInfo;
-use kiln_llb::{Exec, FileAction, Op, Platform, Source};
+use kiln_llb::{Entitlement, Exec, FileAction, NetworkMode, Op, Platform, SecurityMode, Source};
 
 fn try_convert(dockerfile: &str, opts: &ConvertOptions) -> Result<Converted, String> {
     let df = parse(dockerfile).map_err(|e| e.to_string())?;
@@ -383,6 +383,45 @@ fn named_contexts_replace_images_and_stages() {
             .iter()
             .any(|v| matches!(&v.op, Op::Source(Source::Local { name, .. }) if name == "context:busybox"))
     );
+}
+
+#[test]
+fn steps_that_leave_the_sandbox_need_their_entitlement() {
+    let df = "FROM busybox\nRUN --network=host true\nRUN --security=insecure true\nRUN --network=none true\nRUN true\n";
+    let err = try_convert(df, &ConvertOptions::default()).unwrap_err();
+    assert!(
+        err.contains(":2:") && err.contains("--allow network.host"),
+        "{err}"
+    );
+    let opts = |allow: &[Entitlement]| ConvertOptions {
+        allow: allow.iter().copied().collect(),
+        ..ConvertOptions::default()
+    };
+    let err = try_convert(df, &opts(&[Entitlement::NetworkHost])).unwrap_err();
+    assert!(
+        err.contains(":3:") && err.contains("--allow security.insecure"),
+        "{err}"
+    );
+    let c = try_convert(df, &opts(&Entitlement::ALL)).unwrap();
+    let modes: Vec<_> = execs(&c).iter().map(|e| (e.network, e.security)).collect();
+    assert_eq!(
+        modes,
+        [
+            (NetworkMode::Host, SecurityMode::Sandbox),
+            (NetworkMode::Default, SecurityMode::Insecure),
+            (NetworkMode::None, SecurityMode::Sandbox),
+            (NetworkMode::Default, SecurityMode::Sandbox),
+        ]
+    );
+    // A stage the target does not need cannot fail the build.
+    let unused = "FROM busybox AS tools\nRUN --network=host true\nFROM busybox\nRUN true\n";
+    try_convert(unused, &ConvertOptions::default()).unwrap();
+    let err = try_convert(
+        "FROM busybox\nRUN --security=root true\n",
+        &ConvertOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.contains("unsupported security mode"), "{err}");
 }
 
 #[test]

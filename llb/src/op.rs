@@ -136,11 +136,61 @@ impl StableHash for Source {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
-    /// The host's network, as docker build does by default.
+    /// A network namespace of the step's own with outbound access, as docker's bridge gives: the host's
+    /// loopback services are out of reach.
     #[default]
+    Default,
+    /// The host's network namespace (`--network=host`, which needs the `network.host` entitlement).
     Host,
     /// An empty network namespace with only loopback.
     None,
+}
+
+/// How much of the sandbox a step keeps (`RUN --security=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecurityMode {
+    #[default]
+    Sandbox,
+    /// Every capability, no seccomp filter and no masked paths (needs the `security.insecure` entitlement).
+    Insecure,
+}
+
+/// A privilege a build must be granted before any step uses it (`kiln build --allow`), as BuildKit's
+/// entitlements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Entitlement {
+    NetworkHost,
+    SecurityInsecure,
+}
+
+impl Entitlement {
+    pub const ALL: [Entitlement; 2] = [Entitlement::NetworkHost, Entitlement::SecurityInsecure];
+
+    /// The name `--allow` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Entitlement::NetworkHost => "network.host",
+            Entitlement::SecurityInsecure => "security.insecure",
+        }
+    }
+}
+
+impl std::str::FromStr for Entitlement {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Entitlement::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| {
+                format!("unknown entitlement {s:?}: kiln knows network.host and security.insecure")
+            })
+    }
+}
+
+fn is_sandboxed(mode: &SecurityMode) -> bool {
+    *mode == SecurityMode::Sandbox
 }
 
 /// A process run in a sandbox whose root filesystem is mount 0.
@@ -154,6 +204,8 @@ pub struct Exec {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub user: String,
     pub network: NetworkMode,
+    #[serde(skip_serializing_if = "is_sandboxed")]
+    pub security: SecurityMode,
     pub mounts: Vec<Mount>,
     /// Hostname inside the sandbox; empty means the default.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -170,12 +222,17 @@ impl StableHash for Exec {
         self.cwd.stable_hash(h);
         self.user.stable_hash(h);
         h.write_tag(match self.network {
+            NetworkMode::Default => "default",
             NetworkMode::Host => "host",
             NetworkMode::None => "none",
         });
         self.mounts.stable_hash(h);
         self.hostname.stable_hash(h);
         self.extra_hosts.stable_hash(h);
+        // Last and only when set, so that the digests of sandboxed steps stay what they were.
+        if self.security == SecurityMode::Insecure {
+            h.write_tag("security=insecure");
+        }
     }
 }
 

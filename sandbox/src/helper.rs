@@ -10,7 +10,7 @@ use rustix::thread::UnshareFlags;
 
 use super::protocol::{self, ChildError, HelperRequest, Report};
 use super::sys::{self, Forked, SignalSet};
-use super::{Network, SANDBOX_ARG, init};
+use super::{Network, SANDBOX_ARG, init, net};
 
 /// Entry point of the sandbox helper. kiln's `main` must call this first thing — before any thread exists, so
 /// before building a tokio runtime — when `argv[1] == SANDBOX_ARG`. Never returns.
@@ -70,6 +70,16 @@ fn run(spec: OwnedFd, status: BorrowedFd<'_>) -> Result<i32, ChildError> {
     }
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
 
+    // Kept until the helper exits: the step's network lives as long as the step.
+    let _uplink = match (&req.spec.network, &req.slirp4netns) {
+        (Network::Default, Some(slirp4netns)) => Some(net::connect(slirp4netns)?),
+        (Network::Default, None) => {
+            return Err(ChildError::InvalidSpec(
+                "no slirp4netns for the default network".into(),
+            ));
+        }
+        _ => None,
+    };
     let mut flags = UnshareFlags::NEWNS | UnshareFlags::NEWPID | UnshareFlags::NEWIPC | UnshareFlags::NEWUTS;
     if req.spec.network == Network::None {
         flags |= UnshareFlags::NEWNET;

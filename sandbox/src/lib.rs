@@ -26,6 +26,7 @@ mod emulation;
 mod exec;
 mod helper;
 mod init;
+mod net;
 mod parent;
 mod protocol;
 mod rootpath;
@@ -41,7 +42,7 @@ use kiln_solver::executor::{Cancel, ExecError, Executor};
 /// The hidden first argument that makes the kiln binary act as the sandbox helper.
 pub const SANDBOX_ARG: &str = "__kiln-sandbox";
 
-pub use kiln_solver::executor::{ExecMount, ExecSpec, Network, OutputStream, RunStatus};
+pub use kiln_solver::executor::{ExecMount, ExecSpec, Network, OutputStream, RunStatus, Security};
 
 /// Runs commands in the sandbox by re-executing a kiln binary in helper mode.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -89,6 +89,10 @@ impl Session {
         } else {
             &spec.hostname
         };
+        let slirp4netns = match spec.network {
+            Network::Default => Some(slirp4netns()?),
+            Network::Host | Network::None => None,
+        };
         let scratch = ScratchDir::create()?;
         let request = HelperRequest {
             spec: spec.clone(),
@@ -99,6 +103,7 @@ impl Session {
             hostname_file: scratch.file("hostname", &format!("{hostname}\n"))?,
             hostname: hostname.to_string(),
             attached,
+            slirp4netns,
             parent_pid: std::process::id() as i32,
         };
         let request = serde_json::to_vec(&request).map_err(|e| {
@@ -366,9 +371,33 @@ fn hosts_file(hostname: &str, extra_hosts: &[String]) -> Result<String, SandboxE
     Ok(text)
 }
 
+/// The slirp4netns binary the default network needs, looked up once in kiln's PATH and the system dirs.
+fn slirp4netns() -> Result<PathBuf, SandboxError> {
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            std::env::split_paths(&path)
+                .chain(["/usr/bin", "/usr/local/bin", "/bin"].map(PathBuf::from))
+                .map(|dir| dir.join("slirp4netns"))
+                .find(|candidate| {
+                    candidate
+                        .metadata()
+                        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                })
+        })
+        .clone()
+        .ok_or_else(|| SandboxError::Setup {
+            step: "starting the step's network".into(),
+            message: "slirp4netns is not installed; RUN steps get a network of their own through it: \
+                      `apt-get install slirp4netns` (or use RUN --network=none)"
+                .into(),
+        })
+}
+
 /// The host's resolv.conf, as docker gives it. In a network namespace of its own the container cannot reach a
 /// resolver on the host's loopback (systemd-resolved's 127.0.0.53), so those go, as docker does; if no
-/// nameserver is left, public ones stand in.
+/// nameserver is left, slirp4netns's forwarder (which reaches them) stands in, or public ones without it.
 fn resolv_conf(network: Network) -> String {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let is_loopback_server = |line: &str| {
@@ -388,7 +417,10 @@ fn resolv_conf(network: Network) -> String {
         .lines()
         .any(|l| l.split_whitespace().next() == Some("nameserver"))
     {
-        text.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+        match network {
+            Network::Default => text.push_str(&format!("nameserver {}\n", super::net::DNS_FORWARDER)),
+            Network::Host | Network::None => text.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n"),
+        }
     }
     text
 }

@@ -24,6 +24,8 @@ pub(crate) struct HelperRequest {
     pub hostname: String,
     /// `run_attached`: stay in kiln's session so the command can use the terminal.
     pub attached: bool,
+    /// The slirp4netns binary, for the default network.
+    pub slirp4netns: Option<PathBuf>,
     /// kiln's pid, to notice if kiln died before the helper armed PR_SET_PDEATHSIG.
     pub parent_pid: i32,
 }

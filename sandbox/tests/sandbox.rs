@@ -15,7 +15,7 @@ use kiln_sandbox::{
 const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "ls", "id", "hostname", "rm", "mkdir", "touch", "sleep", "uname", "ip", "env",
-    "pwd", "wc", "kill", "grep", "stat", "test", "true", "mount", "head", "sort",
+    "pwd", "wc", "kill", "grep", "stat", "test", "true", "mount", "head", "sort", "nc",
 ];
 /// No test command takes more than a second or two; this only keeps a broken sandbox from hanging CI.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -411,20 +411,123 @@ fn interfaces(stdout: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// A TCP server that greets every client; counts the connections it accepted.
+struct Greeter {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Greeter {
+    fn on(ip: std::net::IpAddr) -> Greeter {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = conn.write_all(b"hello from the host\n");
+            }
+        });
+        Greeter { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A shell line that prints the greeting if `host` reaches this server's port.
+    fn probe(&self, host: &str) -> String {
+        format!("nc -w 3 {host} {} </dev/null 2>&1 || true", self.addr.port())
+    }
+}
+
+/// An IPv4 address of this host that is not loopback, where a step's outbound traffic can be seen.
+fn host_address() -> std::net::IpAddr {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .expect("ip (iproute2) must be installed");
+    let found = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
+        .filter_map(|cidr| cidr.split('/').next()?.parse().ok())
+        .next();
+    found.unwrap_or_else(|| {
+        // A machine without a network still needs somewhere to go "out" to.
+        for args in [
+            &["link", "add", "kilntest0", "type", "dummy"][..],
+            &["addr", "add", "192.0.2.77/32", "dev", "kilntest0"],
+            &["link", "set", "kilntest0", "up"],
+        ] {
+            let _ = std::process::Command::new("ip").args(args).status();
+        }
+        "192.0.2.77".parse().unwrap()
+    })
+}
+
+#[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
+fn default_network_reaches_out_but_not_the_hosts_loopback() {
+    let fx = Fixture::new("net-default");
+    let on_loopback = Greeter::on("127.0.0.1".parse().unwrap());
+    let outside = Greeter::on(host_address());
+    let script = format!(
+        "cat /proc/net/dev; echo; {}; {}; echo; {}",
+        on_loopback.probe("127.0.0.1"),
+        // slirp4netns's address for the host, which --disable-host-loopback closes.
+        on_loopback.probe("10.0.2.2"),
+        outside.probe(&outside.addr.ip().to_string()),
+    );
+    let out = run(&fx.spec(&script));
+    let (devices, rest) = out.stdout.split_once("\n\n").unwrap();
+    assert_eq!(
+        interfaces(devices),
+        BTreeSet::from(["lo".to_string(), "tap0".to_string()])
+    );
+    let (inside, outbound) = rest.split_once("\n\n").unwrap();
+    assert!(
+        !inside.contains("hello"),
+        "the step reached the host's loopback: {inside}"
+    );
+    assert_eq!(
+        on_loopback.accepted(),
+        0,
+        "a loopback service of the host saw the step"
+    );
+    assert!(
+        outbound.contains("hello from the host"),
+        "no outbound access: {outbound}"
+    );
+    assert_eq!(outside.accepted(), 1);
+    let resolv = run(&fx.spec("grep nameserver /etc/resolv.conf")).stdout;
+    assert!(
+        !resolv.contains("127.0."),
+        "a loopback resolver is unreachable from the step: {resolv}"
+    );
+}
+
 #[test]
 #[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
 fn network_none_and_host() {
     let fx = Fixture::new("net");
+    let on_loopback = Greeter::on("127.0.0.1".parse().unwrap());
     let mut spec = fx.spec("cat /proc/net/dev");
     spec.network = Network::None;
     assert_eq!(interfaces(&run(&spec).stdout), BTreeSet::from(["lo".to_string()]));
-    spec.args[2] = "ip link show lo".into();
+    spec.args[2] = format!("ip link show lo; {}", on_loopback.probe("127.0.0.1"));
     let out = run(&spec);
     assert!(out.stdout.contains(",UP"), "loopback must be up: {}", out.stdout);
+    assert!(!out.stdout.contains("hello"), "{}", out.stdout);
 
+    spec.network = Network::Host;
+    spec.args[2] = "cat /proc/net/dev".into();
     let host = interfaces(&std::fs::read_to_string("/proc/net/dev").unwrap());
-    let out = run(&fx.spec("cat /proc/net/dev"));
-    assert_eq!(interfaces(&out.stdout), host);
+    assert_eq!(interfaces(&run(&spec).stdout), host);
+    spec.args[2] = on_loopback.probe("127.0.0.1");
+    assert!(run(&spec).stdout.contains("hello from the host"));
+    assert_eq!(on_loopback.accepted(), 1);
 }
 
 #[test]

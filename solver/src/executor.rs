@@ -29,6 +29,7 @@ pub struct ExecSpec {
     /// /etc/group.
     pub user: String,
     pub network: Network,
+    pub security: Security,
     /// `""` gives `buildkitsandbox`, the name `docker build` uses, so Dockerfiles see what they see there.
     pub hostname: String,
     /// Extra /etc/hosts entries, `name:ip` (as `docker build --add-host`) or `name=ip`.
@@ -47,11 +48,24 @@ pub struct ExecSpec {
 /// The network namespace of the command.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Network {
-    /// The host's network, so package managers work (the `docker build` default).
+    /// A network namespace of the command's own with outbound access through NAT, like docker's bridge; the
+    /// host's loopback services are out of reach (the `docker build` default).
     #[default]
+    Default,
+    /// The host's network namespace (`RUN --network=host`).
     Host,
     /// A new network namespace with only loopback (`RUN --network=none`).
     None,
+}
+
+/// How confined the command is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Security {
+    /// Docker's default capabilities, seccomp filter, and masked and read-only paths.
+    #[default]
+    Sandbox,
+    /// Every capability, no seccomp filter, no masked paths (`RUN --security=insecure`).
+    Insecure,
 }
 
 /// An extra mount for the command. Destinations are absolute paths inside the rootfs; symlinks on the way

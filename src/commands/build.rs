@@ -148,6 +148,11 @@ pub fn request(args: &BuildArgs) -> anyhow::Result<BuildRequest> {
         .map(|raw| kiln_remotecache::parse_cache_from(raw))
         .collect::<Result<Vec<_>, _>>()?;
     req.explain_cache = args.explain_cache;
+    req.allow = args
+        .allow
+        .iter()
+        .map(|name| name.parse().map_err(|e: String| anyhow::anyhow!("--allow: {e}")))
+        .collect::<anyhow::Result<_>>()?;
     req.max_parallelism = args.max_parallelism;
     req.tags = args.tags.clone();
     req.push = args.push;
@@ -219,11 +224,22 @@ fn secrets(raw: &[String]) -> anyhow::Result<HashMap<String, SecretBytes>> {
                 bail!("--secret {id}: {} is not a file", path.display());
             }
             std::fs::read(path).with_context(|| format!("--secret {id}: reading {}", path.display()))?
-        } else {
-            let var = fields.get("env").copied().unwrap_or(id);
+        } else if let Some(var) = fields.get("env") {
             std::env::var(var)
                 .with_context(|| format!("--secret {id}: environment variable {var} is not set"))?
                 .into_bytes()
+        } else if let Some(value) = std::env::var_os(id) {
+            // As buildx: `id=ID` alone is the environment variable of that name, else the file of that name.
+            value.into_encoded_bytes()
+        } else {
+            let path = std::path::Path::new(id);
+            if !path.is_file() {
+                bail!(
+                    "--secret {id}: neither an environment variable {id} nor a file ./{id} exists; \
+                     write id={id},src=FILE or id={id},env=VAR"
+                );
+            }
+            std::fs::read(path).with_context(|| format!("--secret {id}: reading {}", path.display()))?
         };
         secrets.insert(id.to_string(), SecretBytes(value));
     }

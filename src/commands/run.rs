@@ -60,9 +60,10 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             });
         }
         let network = match args.network.as_str() {
-            "host" | "default" => Network::Host,
+            "default" | "bridge" => Network::Default,
+            "host" => Network::Host,
             "none" => Network::None,
-            other => bail!("unsupported --network {other:?}: use host or none"),
+            other => bail!("unsupported --network {other:?}: use default, host or none"),
         };
         let prepared = leased.prepare_snapshot()?;
         let spec = ExecSpec {

@@ -22,8 +22,8 @@ use crate::lint::LintWarning;
 use crate::shell::ShellLex;
 use crate::{Diagnostic, parser};
 use kiln_llb::image::{History, ImageInfo};
-use kiln_llb::{Definition, Input, Meta, Op, Platform, Source, Vertex};
-use std::collections::BTreeMap;
+use kiln_llb::{Definition, Entitlement, Input, Meta, Op, Platform, Source, Vertex};
+use std::collections::{BTreeMap, BTreeSet};
 
 mod config;
 mod copy;
@@ -70,6 +70,8 @@ pub struct ConvertOptions {
     pub no_cache: bool,
     /// `--no-cache-filter`: stages whose steps must run even when cached.
     pub no_cache_filter: Vec<String>,
+    /// `--allow`: what RUN steps may ask for beyond the sandbox.
+    pub allow: BTreeSet<Entitlement>,
 }
 
 impl Default for ConvertOptions {
@@ -84,6 +86,7 @@ impl Default for ConvertOptions {
             ignore_patterns: Vec::new(),
             no_cache: false,
             no_cache_filter: Vec::new(),
+            allow: BTreeSet::new(),
         }
     }
 }

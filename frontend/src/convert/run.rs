@@ -11,7 +11,7 @@ use super::{Converter, StageState};
 use crate::Diagnostic;
 use crate::ast::Heredoc;
 use crate::instructions::{CommandLine, Location, RunArgs};
-use kiln_llb::{Exec, Input, Mount, MountKind, NetworkMode, Op};
+use kiln_llb::{Entitlement, Exec, Input, Mount, MountKind, NetworkMode, Op, SecurityMode};
 
 /// Where BuildKit mounts the script of a `#!` heredoc.
 const SCRIPT_DIR: &str = "/dev/pipes/";
@@ -65,8 +65,8 @@ impl<'a> Converter<'a> {
         let mut exec_mounts = ExecMounts::over_rootfs(st.state);
         let args = self.run_command(st, run, &mut exec_mounts);
         self.add_run_mounts(st, run, loc, &mut exec_mounts)?;
-        let network = network_mode(run, loc)?;
-        check_security(run, loc)?;
+        let network = self.network_mode(run, loc)?;
+        let security = self.security_mode(run, loc)?;
         let RunEnv { env, history_args } = self.run_env(st);
         let exec = Exec {
             args: args.clone(),
@@ -74,6 +74,7 @@ impl<'a> Converter<'a> {
             cwd: st.workdir(),
             user: st.image.config.user.clone(),
             network,
+            security,
             mounts: exec_mounts.mounts,
             hostname: String::new(),
             extra_hosts: Vec::new(),
@@ -193,22 +194,59 @@ fn shebang_heredoc(run: &RunArgs) -> Option<&Heredoc> {
     }
 }
 
-fn network_mode(run: &RunArgs, loc: &Location) -> Result<NetworkMode, Diagnostic> {
-    match run.network.as_deref() {
-        None | Some("default") | Some("host") => Ok(NetworkMode::Host),
-        Some("none") => Ok(NetworkMode::None),
-        Some(other) => Err(loc
-            .error_at(other, format!("unsupported network mode {other:?}"))
-            .hint("use --network=default, --network=none or --network=host")),
+impl Converter<'_> {
+    fn network_mode(&self, run: &RunArgs, loc: &Location) -> Result<NetworkMode, Diagnostic> {
+        match run.network.as_deref() {
+            None | Some("default") => Ok(NetworkMode::Default),
+            Some(host @ "host") => {
+                self.entitled(Entitlement::NetworkHost, "--network=host", host, loc)?;
+                Ok(NetworkMode::Host)
+            }
+            Some("none") => Ok(NetworkMode::None),
+            Some(other) => Err(loc
+                .error_at(other, format!("unsupported network mode {other:?}"))
+                .hint("use --network=default, --network=none or --network=host")),
+        }
     }
-}
 
-fn check_security(run: &RunArgs, loc: &Location) -> Result<(), Diagnostic> {
-    match run.security.as_deref() {
-        Some(security) if security != "sandbox" => Err(loc
-            .error_at(security, format!("--security={security} is not supported"))
-            .hint("kiln runs every RUN sandboxed; remove the flag or use --security=sandbox")),
-        _ => Ok(()),
+    fn security_mode(&self, run: &RunArgs, loc: &Location) -> Result<SecurityMode, Diagnostic> {
+        match run.security.as_deref() {
+            None | Some("sandbox") => Ok(SecurityMode::Sandbox),
+            Some(insecure @ "insecure") => {
+                self.entitled(
+                    Entitlement::SecurityInsecure,
+                    "--security=insecure",
+                    insecure,
+                    loc,
+                )?;
+                Ok(SecurityMode::Insecure)
+            }
+            Some(other) => Err(loc
+                .error_at(other, format!("unsupported security mode {other:?}"))
+                .hint("use --security=sandbox or --security=insecure")),
+        }
+    }
+
+    /// A step that leaves the sandbox fails the conversion, before anything runs, unless the build allows it.
+    fn entitled(
+        &self,
+        entitlement: Entitlement,
+        flag: &str,
+        text: &str,
+        loc: &Location,
+    ) -> Result<(), Diagnostic> {
+        if self.opts.allow.contains(&entitlement) {
+            return Ok(());
+        }
+        let name = entitlement.name();
+        Err(loc
+            .error_at(
+                text,
+                format!("RUN {flag} needs the {name} entitlement, which this build does not grant"),
+            )
+            .hint(format!(
+                "add `--allow {name}` to `kiln build` if you trust this Dockerfile"
+            )))
     }
 }
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use kiln_cache::MountSharing;
 use kiln_fsutil::root::resolve_in_root;
-use kiln_llb::{CacheSharing, Exec, MountKind, NetworkMode, Platform};
+use kiln_llb::{CacheSharing, Exec, MountKind, NetworkMode, Platform, SecurityMode};
 
 use super::joined;
-use crate::executor::{ExecMount, ExecSpec, Network, OutputStream};
+use crate::executor::{ExecMount, ExecSpec, Network, OutputStream, Security};
 use crate::overlay::MountedTree;
 use crate::progress::{Event, Stream};
 use crate::solve::{Inner, OutputTail};
@@ -131,8 +131,13 @@ pub(crate) async fn run(
         cwd: exec.cwd.clone(),
         user: exec.user.clone(),
         network: match exec.network {
+            NetworkMode::Default => Network::Default,
             NetworkMode::Host => Network::Host,
             NetworkMode::None => Network::None,
+        },
+        security: match exec.security {
+            SecurityMode::Sandbox => Security::Sandbox,
+            SecurityMode::Insecure => Security::Insecure,
         },
         hostname: exec.hostname.clone(),
         extra_hosts: exec.extra_hosts.clone(),
