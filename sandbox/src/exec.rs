@@ -7,8 +7,8 @@ use rustix::io::Errno;
 use rustix::thread::{CapabilitySet, CapabilitySets};
 
 use super::protocol::{self, ChildError, Report};
-use super::sys;
 use super::user::ExecUser;
+use super::{seccomp, sys};
 use kiln_fsutil::mount::describe_errno;
 
 /// The search path when the environment has no PATH (what docker uses for lookups).
@@ -40,6 +40,8 @@ pub(crate) struct Prepared {
     pub search_path: String,
     pub cwd: CString,
     pub user: ExecUser,
+    /// `--security=insecure`: keep every capability and install no seccomp filter.
+    pub insecure: bool,
 }
 
 /// In the forked command process: never returns.
@@ -66,6 +68,18 @@ fn become_user_and_exec(p: &Prepared) -> Result<ChildError, ChildError> {
         Err(Errno::ACCESS | Errno::PERM) => true,
         Err(e) => return Err(cwd_error(p, e)),
     };
+    if p.insecure {
+        // `--security=insecure`: the user's ids, every capability root has, no filter.
+        set_ids(&p.user)?;
+        if chdir_later {
+            rustix::process::chdir(p.cwd.as_c_str()).map_err(|e| cwd_error(p, e))?;
+        }
+        sys::close_range(3, u32::MAX, true)
+            .map_err(|e| ChildError::errno("marking descriptors close-on-exec", e))?;
+        return Ok(search_and_exec(p));
+    }
+    // While CAP_SYS_ADMIN still allows it without no_new_privs; what follows up to execve is all allowed.
+    seccomp::install().map_err(|e| ChildError::errno("installing the seccomp filter", e))?;
     drop_bounding_set().map_err(|e| ChildError::errno("dropping capabilities from the bounding set", e))?;
     set_ids(&p.user)?;
     // Changing uid/gid clears the parent-death signal; re-arm it (only a set-user-ID exec clears it again).

@@ -17,7 +17,7 @@ use super::protocol::{self, ChildError, HelperRequest, Report};
 use super::rootpath::{self, Create, Kind, StubRecorder};
 use super::sys::{self, Forked, SignalSet};
 use super::user::{self, ExecUser};
-use super::{ExecMount, ExecSpec};
+use super::{ExecMount, ExecSpec, Security};
 use kiln_fsutil::mount::describe_errno;
 use kiln_fsutil::mount::{self as mounts, FsContext};
 
@@ -152,9 +152,10 @@ fn build_rootfs(
         &what,
     )?;
 
-    mount_proc(root, stubs)?;
+    let insecure = spec.security == Security::Insecure;
+    mount_proc(root, stubs, insecure)?;
     mount_dev(root, stubs)?;
-    mount_sys(root, stubs)?;
+    mount_sys(root, stubs, insecure)?;
     for (dest, source) in [
         ("/etc/hosts", &req.hosts),
         ("/etc/resolv.conf", &req.resolv_conf),
@@ -171,7 +172,7 @@ fn build_rootfs(
     Ok(user)
 }
 
-fn mount_proc(root: BorrowedFd<'_>, stubs: &mut StubRecorder) -> Result<(), ChildError> {
+fn mount_proc(root: BorrowedFd<'_>, stubs: &mut StubRecorder, insecure: bool) -> Result<(), ChildError> {
     const WHAT: &str = "mounting /proc";
     let target = mount_point(root, "/proc", Kind::Dir, stubs)?;
     // A new procfs shows the new pid namespace; only a process inside it (us) can mount that.
@@ -183,6 +184,9 @@ fn mount_proc(root: BorrowedFd<'_>, stubs: &mut StubRecorder) -> Result<(), Chil
             | MountAttrFlags::MOUNT_ATTR_NOEXEC,
     )?;
     mounts::attach(&proc, target.as_fd(), WHAT)?;
+    if insecure {
+        return Ok(());
+    }
     // Docker's masked and read-only paths: what would let root in the container read kernel memory or change
     // the host's kernel settings.
     for name in ["bus", "fs", "irq", "sys", "sysrq-trigger"] {
@@ -270,10 +274,15 @@ fn mount_dev(root: BorrowedFd<'_>, stubs: &mut StubRecorder) -> Result<(), Child
     Ok(())
 }
 
-fn mount_sys(root: BorrowedFd<'_>, stubs: &mut StubRecorder) -> Result<(), ChildError> {
+fn mount_sys(root: BorrowedFd<'_>, stubs: &mut StubRecorder, insecure: bool) -> Result<(), ChildError> {
     const WHAT: &str = "mounting /sys";
     let target = mount_point(root, "/sys", Kind::Dir, stubs)?;
-    let attrs = MountAttrFlags::MOUNT_ATTR_RDONLY
+    let writable = if insecure {
+        MountAttrFlags::empty()
+    } else {
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+    };
+    let attrs = writable
         | MountAttrFlags::MOUNT_ATTR_NOSUID
         | MountAttrFlags::MOUNT_ATTR_NODEV
         | MountAttrFlags::MOUNT_ATTR_NOEXEC;
@@ -283,8 +292,11 @@ fn mount_sys(root: BorrowedFd<'_>, stubs: &mut StubRecorder) -> Result<(), Child
             ctx.mount(attrs)
         })
         // A new sysfs needs a network namespace of our own user namespace; else show the host's, read-only.
-        .or_else(|_| mounts::bind(Path::new("/sys"), true, true, WHAT))?;
+        .or_else(|_| mounts::bind(Path::new("/sys"), true, !insecure, WHAT))?;
     mounts::attach(&sys, target.as_fd(), WHAT)?;
+    if insecure {
+        return Ok(());
+    }
     mask_dir(sys.as_fd(), "firmware", "/sys")
 }
 
@@ -427,6 +439,7 @@ impl Prepared {
                 "the working directory",
             )?,
             user,
+            insecure: spec.security == Security::Insecure,
         })
     }
 }

@@ -30,6 +30,7 @@ mod net;
 mod parent;
 mod protocol;
 mod rootpath;
+mod seccomp;
 mod sys;
 mod user;
 

@@ -54,6 +54,20 @@ pub(crate) fn close_range(first: u32, last: u32, cloexec: bool) -> Result<(), Er
     if r == -1 { Err(last_errno()) } else { Ok(()) }
 }
 
+/// `seccomp(SECCOMP_SET_MODE_FILTER)` for the calling thread.
+pub(crate) fn seccomp_set_filter(prog: &libc::sock_fprog) -> Result<(), Errno> {
+    // SAFETY: the kernel copies the program, which `prog` points to and which outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            prog as *const libc::sock_fprog,
+        )
+    };
+    if r == -1 { Err(last_errno()) } else { Ok(()) }
+}
+
 /// A new network namespace starts with `lo` down; docker brings it up so 127.0.0.1 works.
 pub(crate) fn loopback_up() -> Result<(), Errno> {
     // SAFETY: socket() returns a fresh descriptor we take ownership of.

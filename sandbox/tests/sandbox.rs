@@ -9,13 +9,13 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use kiln_sandbox::{
-    ExecMount, ExecSpec, Network, OutputStream, RunStatus, Sandbox, SandboxError, check_emulation,
+    ExecMount, ExecSpec, Network, OutputStream, RunStatus, Sandbox, SandboxError, Security, check_emulation,
 };
 
 const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "ls", "id", "hostname", "rm", "mkdir", "touch", "sleep", "uname", "ip", "env",
-    "pwd", "wc", "kill", "grep", "stat", "test", "true", "mount", "head", "sort", "nc",
+    "pwd", "wc", "kill", "grep", "stat", "test", "true", "mount", "head", "sort", "nc", "unshare", "linux32",
 ];
 /// No test command takes more than a second or two; this only keeps a broken sandbox from hanging CI.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -409,6 +409,45 @@ fn interfaces(stdout: &str) -> BTreeSet<String> {
         .map(|(name, _)| name.trim().to_string())
         .filter(|n| !n.contains('|'))
         .collect()
+}
+
+/// What root in a step may and may not do: docker's default capabilities and its seccomp profile, so that
+/// neither a new user namespace (which would hand back every capability) nor the mount API, the keyring or
+/// kernel settings are within reach; `--security=insecure` lifts all of it.
+#[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
+fn sandboxed_root_is_confined_and_insecure_root_is_not() {
+    let fx = Fixture::new("seccomp");
+    let script = "grep -E '^(Seccomp|CapEff|CapBnd):' /proc/self/status; \
+                  unshare -U true 2>/dev/null && echo userns; unshare -m true 2>/dev/null && echo mountns; \
+                  mkdir -p /mnt; mount -t tmpfs none /mnt 2>/dev/null && echo mounted; \
+                  hostname other 2>/dev/null && echo renamed; \
+                  echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null && echo sysctl; \
+                  echo h > /proc/sysrq-trigger 2>/dev/null && echo sysrq; \
+                  linux32 true && echo personality";
+    let out = run(&fx.spec(script));
+    assert_eq!(
+        out.stdout, "CapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\nSeccomp:\t2\npersonality\n",
+        "docker's capability set (CapEff as `docker run` shows it), a filter, and nothing else"
+    );
+
+    let mut spec = fx.spec(script);
+    spec.security = Security::Insecure;
+    let out = run(&spec);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[2], "Seccomp:\t0");
+    let all = u64::from_str_radix(lines[0].trim_start_matches("CapEff:\t"), 16).unwrap();
+    assert!(
+        all & (1 << 21) != 0,
+        "CAP_SYS_ADMIN in insecure mode: {}",
+        lines[0]
+    );
+    assert_eq!(
+        &lines[3..],
+        ["userns", "mountns", "mounted", "renamed", "sysctl", "personality"],
+        "{}",
+        out.stdout
+    );
 }
 
 /// A TCP server that greets every client; counts the connections it accepted.
