@@ -126,16 +126,12 @@ fn common_rules() -> Vec<(u32, Action)> {
 
 const UNKNOWN_FROM: u32 = 472;
 
-#[cfg(target_arch = "x86_64")]
+/// The kernel's own ABI, by libc's numbers for it.
 fn native() -> Abi {
-    let mut rules: Vec<(u32, Action)> = [
+    let mut refused = vec![
         libc::SYS_syslog,
-        libc::SYS_uselib,
-        libc::SYS_ustat,
-        libc::SYS_sysfs,
         libc::SYS_vhangup,
         libc::SYS_pivot_root,
-        libc::SYS__sysctl,
         libc::SYS_acct,
         libc::SYS_settimeofday,
         libc::SYS_mount,
@@ -145,8 +141,6 @@ fn native() -> Abi {
         libc::SYS_reboot,
         libc::SYS_sethostname,
         libc::SYS_setdomainname,
-        libc::SYS_iopl,
-        libc::SYS_ioperm,
         libc::SYS_init_module,
         libc::SYS_delete_module,
         libc::SYS_quotactl,
@@ -171,10 +165,17 @@ fn native() -> Abi {
         libc::SYS_kexec_file_load,
         libc::SYS_bpf,
         libc::SYS_userfaultfd,
-    ]
-    .into_iter()
-    .map(|nr| (nr as u32, EPERM))
-    .collect();
+    ];
+    #[cfg(target_arch = "x86_64")]
+    refused.extend([
+        libc::SYS_uselib,
+        libc::SYS_ustat,
+        libc::SYS_sysfs,
+        libc::SYS__sysctl,
+        libc::SYS_iopl,
+        libc::SYS_ioperm,
+    ]);
+    let mut rules: Vec<(u32, Action)> = refused.into_iter().map(|nr| (nr as u32, EPERM)).collect();
     rules.extend([
         (libc::SYS_clone as u32, Action::RefuseFlags(CLONE_NAMESPACES)),
         (libc::SYS_personality as u32, Action::OnlyValues(&PERSONALITIES)),
@@ -182,7 +183,10 @@ fn native() -> Abi {
     ]);
     rules.extend(common_rules());
     Abi {
+        #[cfg(target_arch = "x86_64")]
         arch: AUDIT_ARCH_X86_64,
+        #[cfg(target_arch = "aarch64")]
+        arch: AUDIT_ARCH_AARCH64,
         rules,
         unknown_from: UNKNOWN_FROM,
     }
@@ -254,62 +258,6 @@ fn compat() -> Option<Abi> {
         rules,
         unknown_from: UNKNOWN_FROM,
     })
-}
-
-#[cfg(target_arch = "aarch64")]
-fn native() -> Abi {
-    let mut rules: Vec<(u32, Action)> = [
-        libc::SYS_syslog,
-        libc::SYS_vhangup,
-        libc::SYS_pivot_root,
-        libc::SYS_acct,
-        libc::SYS_settimeofday,
-        libc::SYS_mount,
-        libc::SYS_umount2,
-        libc::SYS_swapon,
-        libc::SYS_swapoff,
-        libc::SYS_reboot,
-        libc::SYS_sethostname,
-        libc::SYS_setdomainname,
-        libc::SYS_init_module,
-        libc::SYS_delete_module,
-        libc::SYS_quotactl,
-        libc::SYS_lookup_dcookie,
-        libc::SYS_clock_settime,
-        libc::SYS_mbind,
-        libc::SYS_set_mempolicy,
-        libc::SYS_get_mempolicy,
-        libc::SYS_kexec_load,
-        libc::SYS_add_key,
-        libc::SYS_request_key,
-        libc::SYS_keyctl,
-        libc::SYS_migrate_pages,
-        libc::SYS_unshare,
-        libc::SYS_move_pages,
-        libc::SYS_perf_event_open,
-        libc::SYS_fanotify_init,
-        libc::SYS_open_by_handle_at,
-        libc::SYS_setns,
-        libc::SYS_kcmp,
-        libc::SYS_finit_module,
-        libc::SYS_kexec_file_load,
-        libc::SYS_bpf,
-        libc::SYS_userfaultfd,
-    ]
-    .into_iter()
-    .map(|nr| (nr as u32, EPERM))
-    .collect();
-    rules.extend([
-        (libc::SYS_clone as u32, Action::RefuseFlags(CLONE_NAMESPACES)),
-        (libc::SYS_personality as u32, Action::OnlyValues(&PERSONALITIES)),
-        (libc::SYS_socket as u32, Action::RefuseValues(&SOCKET_FAMILIES)),
-    ]);
-    rules.extend(common_rules());
-    Abi {
-        arch: AUDIT_ARCH_AARCH64,
-        rules,
-        unknown_from: UNKNOWN_FROM,
-    }
 }
 
 /// 32-bit ARM programs on arm64 hosts have no table here yet: their calls are refused.
