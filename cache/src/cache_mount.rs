@@ -1,9 +1,10 @@
 //! ROOT/cache-mounts: the persistent directories of `RUN --mount=type=cache`, one per cache id, shared by
 //! every build on the store. Their contents never enter a layer or a cache key.
 //!
-//! A step holds the mount's lock while it uses it: shared for `sharing=shared`, exclusive for `locked` and
-//! `private` (which serialises their users across kiln processes). Prune removes only mounts whose lock it
-//! can take exclusively at once, so a mount in use is never pulled from under a step.
+//! A step holds the mount's lock while it uses it: shared for `sharing=shared`, exclusive for `locked` (which
+//! serialises its users across kiln processes) and `private` (whose users, while it is busy, get a scratch
+//! directory of their own instead of waiting). Prune removes only mounts whose lock it can take exclusively at
+//! once, so a mount in use is never pulled from under a step.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -15,18 +16,34 @@ use crate::unpack::{TempDir, unpack_tar};
 use crate::{Digest, Store};
 
 /// A cache mount directory, in use until dropped.
-#[derive(Debug)]
 pub struct CacheMount {
     pub path: PathBuf,
-    _lock: LockGuard,
+    _held: Held,
+}
+
+impl std::fmt::Debug for CacheMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheMount").field("path", &self.path).finish()
+    }
+}
+
+/// Kept for what dropping it does: unlock, or remove the scratch directory.
+#[expect(dead_code, reason = "held only to be dropped")]
+enum Held {
+    Lock(LockGuard),
+    /// A private mount's stand-in while the mount itself is busy.
+    Scratch(TempDir),
 }
 
 /// How a step shares a cache mount with the other steps using the same id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MountSharing {
     Shared,
-    /// One user at a time.
+    /// One user at a time; the others wait (`sharing=locked`).
     Exclusive,
+    /// One user at a time; while it is busy, others get an empty directory of their own for the step
+    /// (`sharing=private`).
+    Private,
 }
 
 /// Ownership and permissions a cache mount gets when it is created: (uid, gid, mode).
@@ -59,6 +76,17 @@ impl Store {
         let lock = match sharing {
             MountSharing::Shared => LockGuard::acquire_shared(&lock_path)?,
             MountSharing::Exclusive => LockGuard::acquire(&lock_path)?,
+            MountSharing::Private => match LockGuard::try_exclusive(&lock_path)? {
+                Some(lock) => lock,
+                None => {
+                    let scratch = TempDir::create(self.temp_path("cache-mount"))?;
+                    set_owner(&scratch, id, owner)?;
+                    return Ok(CacheMount {
+                        path: scratch.path.clone(),
+                        _held: Held::Scratch(scratch),
+                    });
+                }
+            },
         };
         let path = self.cache_mounts_dir().join(&name);
         if !path.is_dir() {
@@ -66,7 +94,10 @@ impl Store {
             self.install_cache_mount(id, fresh, owner)?;
         }
         self.touch_cache_mount(id)?;
-        Ok(CacheMount { path, _lock: lock })
+        Ok(CacheMount {
+            path,
+            _held: Held::Lock(lock),
+        })
     }
 
     /// Whether the cache mount `id` exists (a look, without waiting for its users).
@@ -83,7 +114,10 @@ impl Store {
             return Ok(None);
         }
         let lock = LockGuard::acquire(&self.cache_mount_lock(&name))?;
-        Ok(path.is_dir().then_some(CacheMount { path, _lock: lock }))
+        Ok(path.is_dir().then_some(CacheMount {
+            path,
+            _held: Held::Lock(lock),
+        }))
     }
 
     /// Creates the cache mount `id` with the contents of a layer blob (a shared cache's copy of another
@@ -119,10 +153,7 @@ impl Store {
         let dir = self.cache_mounts_dir();
         let path = dir.join(Self::cache_mount_name(id));
         std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
-        let (uid, gid, mode) = owner.unwrap_or((0, 0, 0o755));
-        std::os::unix::fs::chown(&fresh.path, Some(uid), Some(gid))
-            .and_then(|()| std::fs::set_permissions(&fresh.path, std::fs::Permissions::from_mode(mode)))
-            .ctx(|| format!("prepare cache mount {id:?}"))?;
+        set_owner(&fresh, id, owner)?;
         // Never over a mount that appeared meanwhile, even an empty one: a shared user may be writing to it.
         match rustix::fs::renameat_with(
             rustix::fs::CWD,
@@ -166,4 +197,12 @@ impl Store {
     pub(crate) fn claim_cache_mount(&self, name: &str) -> Result<Option<LockGuard>> {
         LockGuard::try_exclusive(&self.cache_mount_lock(name))
     }
+}
+
+/// A new mount's top directory gets the mount's owner and mode (root's 0755 unless it says).
+fn set_owner(dir: &TempDir, id: &str, owner: Option<MountOwner>) -> Result<()> {
+    let (uid, gid, mode) = owner.unwrap_or((0, 0, 0o755));
+    std::os::unix::fs::chown(&dir.path, Some(uid), Some(gid))
+        .and_then(|()| std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(mode)))
+        .ctx(|| format!("prepare cache mount {id:?}"))
 }

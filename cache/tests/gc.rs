@@ -420,3 +420,34 @@ fn context_indexes_are_a_store_area_check_verifies_and_prune_frees() {
     assert_eq!(s.prune(false, None).expect("prune").context_indexes, 1);
     assert!(s.check().expect("check").warnings.is_empty());
 }
+
+#[test]
+fn a_busy_private_cache_mount_gives_the_next_user_a_scratch_dir_of_its_own() {
+    use kiln_cache::MountSharing;
+    let env = Env::new();
+    let s = &env.store;
+    let first = s
+        .cache_mount("go", MountSharing::Private, None)
+        .expect("cache mount");
+    std::fs::write(first.path.join("built"), "x").expect("write into the mount");
+    // Busy: no waiting, an empty directory with the mount's owner instead.
+    let second = s
+        .cache_mount("go", MountSharing::Private, Some((7, 8, 0o750)))
+        .expect("cache mount");
+    assert_ne!(second.path, first.path);
+    assert_eq!(std::fs::read_dir(&second.path).expect("read").count(), 0);
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&second.path).expect("stat");
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (7, 8, 0o750));
+    let scratch = second.path.clone();
+    drop(second);
+    assert!(!scratch.exists(), "the stand-in goes with its step");
+    drop(first);
+    // Free again: the next user gets the mount itself, contents and all.
+    let again = s
+        .cache_mount("go", MountSharing::Private, None)
+        .expect("cache mount");
+    assert!(again.path.join("built").is_file());
+    drop(again);
+    assert!(s.check().expect("check").warnings.is_empty());
+}

@@ -245,8 +245,14 @@ pub enum MountKind {
     Cache { id: String, sharing: CacheSharing },
     /// A tmpfs.
     Tmpfs { size: Option<u64> },
-    /// A secret file; its contents never enter the graph, only its id.
-    Secret { id: String, required: bool },
+    /// A secret; its contents never enter the graph, only its id. A file at `dest` unless `dest` is empty,
+    /// and the environment variable `env` when set (`--mount=type=secret,env=`).
+    Secret {
+        id: String,
+        required: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        env: Option<String>,
+    },
     /// An SSH agent socket.
     Ssh { id: String, required: bool },
 }
@@ -297,10 +303,15 @@ impl StableHash for Mount {
                 h.write_tag("tmpfs");
                 size.stable_hash(h);
             }
-            MountKind::Secret { id, required } => {
+            MountKind::Secret { id, required, env } => {
                 h.write_tag("secret");
                 id.stable_hash(h);
                 required.stable_hash(h);
+                // Only when set, so that file secrets keep the digests they had.
+                if let Some(env) = env {
+                    h.write_tag("env");
+                    env.stable_hash(h);
+                }
             }
             MountKind::Ssh { id, required } => {
                 h.write_tag("ssh");

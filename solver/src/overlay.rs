@@ -3,6 +3,7 @@
 //! namespace at start-up, so whatever is mounted here disappears with the process, even on SIGKILL.
 
 use kiln_cache::Store;
+use kiln_fsutil::ignore::PatternMatcher;
 use kiln_fsutil::mount::{self as mounts, MountError};
 use rustix::mount::{MountAttrFlags, UnmountFlags, unmount};
 use std::io;
@@ -38,21 +39,59 @@ impl MountedTree {
                     let bind = mounts::bind(only, false, true, "binding a layer").map_err(mount_error)?;
                     tree.attach(&bind)?;
                 }
-                _ => {
-                    let ctx = mounts::FsContext::open("overlay", "mounting a read-only view")
-                        .map_err(mount_error)?;
-                    ctx.set("source", "kiln").map_err(mount_error)?;
-                    for dir in lower {
-                        ctx.set_path("lowerdir+", dir).map_err(mount_error)?;
-                    }
-                    let mount = ctx
-                        .mount(MountAttrFlags::MOUNT_ATTR_RDONLY)
-                        .map_err(mount_error)?;
-                    tree.attach(&mount)?;
-                }
+                _ => tree.attach_read_only(lower)?,
             }
         }
         Ok(tree)
+    }
+
+    fn attach_read_only(&self, lower: &[PathBuf]) -> io::Result<()> {
+        let ctx = mounts::FsContext::open("overlay", "mounting a read-only view").map_err(mount_error)?;
+        ctx.set("source", "kiln").map_err(mount_error)?;
+        for dir in lower {
+            ctx.set_path("lowerdir+", dir).map_err(mount_error)?;
+        }
+        let mount = ctx
+            .mount(MountAttrFlags::MOUNT_ATTR_RDONLY)
+            .map_err(mount_error)?;
+        self.attach(&mount)
+    }
+
+    /// A client directory (the build context, a local named context) as a RUN mount of `source`, a directory
+    /// inside `root`: what `.dockerignore` excludes is covered by whiteouts in a layer above it, and a
+    /// writable mount's writes land in a throwaway upper dir, never in the client's files. `None` when a plain
+    /// read-only bind of `source` shows the same.
+    pub fn client_dir(
+        store: &Store,
+        root: &Path,
+        source: &Path,
+        ignore: &PatternMatcher,
+        writable: bool,
+    ) -> io::Result<Option<Self>> {
+        let scratch = fresh_dir(store, "scratch")?;
+        let mut tree = MountedTree {
+            mount_point: fresh_dir(store, "mnt")?,
+            scratch: Some(scratch.clone()),
+        };
+        let mask = scratch.join("mask");
+        std::fs::create_dir(&mask)?;
+        let hidden = hide_ignored(root, source, ignore, &mask)?;
+        let lower = if hidden {
+            vec![mask, source.to_path_buf()]
+        } else if writable {
+            vec![source.to_path_buf()]
+        } else {
+            return Ok(None);
+        };
+        if writable {
+            let (upper, work) = (scratch.join("upper"), scratch.join("work"));
+            std::fs::create_dir(&upper)?;
+            std::fs::create_dir(&work)?;
+            tree.attach_overlay(&lower, &upper, &work)?;
+        } else {
+            tree.attach_read_only(&lower)?;
+        }
+        Ok(Some(tree))
     }
 
     /// `lower` (top first) merged with `upper`, whose changes are the result (a file operation's layer).
@@ -109,6 +148,51 @@ pub fn lower_dirs(bottom_to_top: impl DoubleEndedIterator<Item = PathBuf>) -> Ve
         .rev()
         .filter(|dir| seen.insert(dir.clone()))
         .collect()
+}
+
+/// Puts a whiteout in `mask` for every entry under `source` that `ignore` excludes (a whole directory when
+/// nothing below it can come back); returns whether there was any. Paths are matched relative to `root`.
+fn hide_ignored(root: &Path, source: &Path, ignore: &PatternMatcher, mask: &Path) -> io::Result<bool> {
+    if ignore.patterns().is_empty() {
+        return Ok(false);
+    }
+    let mut hidden = false;
+    let mut walk = walkdir::WalkDir::new(source)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter();
+    while let Some(entry) = walk.next() {
+        let entry = entry.map_err(io::Error::other)?;
+        let Some(rel) = entry.path().strip_prefix(root).ok().and_then(Path::to_str) else {
+            continue;
+        };
+        if !ignore.is_excluded(rel) {
+            continue;
+        }
+        let Ok(in_mask) = entry.path().strip_prefix(source).map(|r| mask.join(r)) else {
+            continue;
+        };
+        if entry.file_type().is_dir() && !ignore.can_skip_dir(rel) {
+            // Something below may be re-included: the directory stays, its excluded entries go one by one.
+            std::fs::create_dir_all(&in_mask)?;
+            continue;
+        }
+        if entry.file_type().is_dir() {
+            walk.skip_current_dir();
+        }
+        if let Some(parent) = in_mask.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &in_mask,
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            0,
+        )?;
+        hidden = true;
+    }
+    Ok(hidden)
 }
 
 fn mount_error(e: MountError) -> io::Error {

@@ -94,7 +94,8 @@ pub(super) fn parse_mount(spec: &str) -> Result<ParsedMount, String> {
                     ));
                 }
             };
-            let id = id.unwrap_or_else(|| target.clone());
+            // BuildKit's default id: the target as written, cleaned (`/a/` and `/a` share one cache).
+            let id = id.unwrap_or_else(|| clean_written_path(&target));
             (
                 MountKind::Cache { id, sharing },
                 ro.unwrap_or(false),
@@ -113,21 +114,28 @@ pub(super) fn parse_mount(spec: &str) -> Result<ParsedMount, String> {
             (MountKind::Tmpfs { size }, false, None, target)
         }
         "secret" => {
-            let id = id.or_else(|| {
+            // As BuildKit: source= names the secret too, and the id defaults to the target's file name.
+            let id = (!source.is_empty()).then(|| source.clone()).or(id).or_else(|| {
                 (!target.is_empty()).then(|| target.rsplit('/').next().unwrap_or_default().to_string())
             });
             let Some(id) = id.filter(|i| !i.is_empty()) else {
                 return Err("mount type=secret needs id=NAME or target=PATH".into());
             };
-            let target = if target.is_empty() {
-                format!("/run/secrets/{id}")
-            } else {
-                target
+            let env = fields.remove("env");
+            if env.as_deref().is_some_and(|e| e.is_empty() || e.contains('=')) {
+                return Err("mount type=secret needs env=NAME, a variable name".into());
+            }
+            // With env= alone the secret is only a variable; otherwise a file, by default under /run/secrets.
+            let target = match (target.is_empty(), &env) {
+                (false, _) => target,
+                (true, Some(_)) => String::new(),
+                (true, None) => format!("/run/secrets/{}", id.rsplit('/').next().unwrap_or_default()),
             };
             (
                 MountKind::Secret {
                     id,
                     required: required.unwrap_or(false),
+                    env,
                 },
                 true,
                 owner_mode(0o400),
@@ -171,6 +179,18 @@ pub(super) fn parse_mount(spec: &str) -> Result<ParsedMount, String> {
         readonly,
         owner_mode,
     })
+}
+
+/// Go's `path.Clean`, for the default cache id: an absolute path stays absolute, a relative one relative.
+fn clean_written_path(path: &str) -> String {
+    let cleaned = super::paths::clean_path(path);
+    if path.starts_with('/') {
+        return cleaned;
+    }
+    match cleaned.trim_start_matches('/') {
+        "" => ".".to_string(),
+        relative => relative.to_string(),
+    }
 }
 
 fn parse_size(text: &str) -> Option<u64> {

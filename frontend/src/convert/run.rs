@@ -134,7 +134,17 @@ impl<'a> Converter<'a> {
                 None => None,
             };
             let input_index = input.map(|i| exec_mounts.add_input(i));
-            let dest = clean_path(&join_path(&st.workdir(), &parsed.target));
+            let env_only_secret = parsed.target.is_empty() && matches!(parsed.kind, MountKind::Secret { .. });
+            let dest = if env_only_secret {
+                String::new()
+            } else {
+                clean_path(&join_path(&st.workdir(), &parsed.target))
+            };
+            if dest == "/" {
+                return Err(loc
+                    .error_at(spec, format!("invalid mount target {:?}", parsed.target))
+                    .hint("a mount cannot replace the root filesystem; mount it at a directory below /"));
+            }
             exec_mounts.mounts.push(Mount {
                 input: input_index,
                 selector: parsed.source,
@@ -145,6 +155,9 @@ impl<'a> Converter<'a> {
                 owner_mode: parsed.owner_mode,
             });
         }
+        // As BuildKit's LLB: mounts by target, so a directory is mounted before what is mounted inside it,
+        // whatever order the flags came in.
+        exec_mounts.mounts.sort_by(|a, b| a.dest.cmp(&b.dest));
         Ok(())
     }
 

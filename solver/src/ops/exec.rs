@@ -40,6 +40,7 @@ pub(crate) async fn run(
     let mut views: Vec<MountedTree> = Vec::new();
     let mut held = Vec::new();
     let mut mounts = Vec::new();
+    let mut secret_env = Vec::new();
     let mount_source = |root: &std::path::Path, selector: &str| {
         resolve_in_root(root, selector).map_err(|e| {
             inner.step_error(
@@ -55,7 +56,23 @@ pub(crate) async fn run(
         match &mount.kind {
             MountKind::Bind => {
                 let source = match input_of(mount.input).map(|o| &**o) {
-                    Some(Loaded::Dir { path, .. }) => mount_source(path, &mount.selector)?,
+                    Some(Loaded::Dir { path, ignore }) => {
+                        let source = mount_source(path, &mount.selector)?;
+                        let store = &inner.store;
+                        match MountedTree::client_dir(store, path, &source, ignore, !mount.readonly) {
+                            Ok(None) => source,
+                            Ok(Some(view)) => {
+                                let path = view.path().to_path_buf();
+                                views.push(view);
+                                path
+                            }
+                            Err(e) => {
+                                let what = format!("mounting {:?} of the context", mount.selector);
+                                let error = Arc::new(e);
+                                return Err(inner.step_error(idx, StepFailure::Mount { what, error }));
+                            }
+                        }
+                    }
                     Some(Loaded::Layers(layers)) => {
                         let view = inner.mount_view(idx, layers, !mount.readonly)?;
                         let path = mount_source(view.path(), &mount.selector)?;
@@ -76,10 +93,10 @@ pub(crate) async fn run(
                 });
             }
             MountKind::Cache { id, sharing } => {
-                // Private and locked caches are used by one step at a time, across kiln processes too.
                 let sharing = match sharing {
                     CacheSharing::Shared => MountSharing::Shared,
-                    CacheSharing::Private | CacheSharing::Locked => MountSharing::Exclusive,
+                    CacheSharing::Private => MountSharing::Private,
+                    CacheSharing::Locked => MountSharing::Exclusive,
                 };
                 inner.seed_cache_mount(id, mount.owner_mode).await?;
                 let store = inner.store.clone();
@@ -99,16 +116,27 @@ pub(crate) async fn run(
                 dest: mount.dest.clone(),
                 size: *size,
             }),
-            MountKind::Secret { id, required } => match inner.options.secrets.get(id) {
+            MountKind::Secret { id, required, env } => match inner.options.secrets.get(id) {
                 Some(contents) => {
-                    let (uid, gid, mode) = mount.owner_mode.unwrap_or(SECRET_OWNER_MODE);
-                    mounts.push(ExecMount::File {
-                        dest: mount.dest.clone(),
-                        contents: contents.clone(),
-                        uid,
-                        gid,
-                        mode,
-                    });
+                    if let Some(name) = env {
+                        // In the command's environment only: never in the op, its key or its history.
+                        let Ok(value) = std::str::from_utf8(&contents.0) else {
+                            let what = format!("secret {id:?} as the environment variable {name}");
+                            let error = Arc::new(std::io::Error::other("the secret is not UTF-8 text"));
+                            return Err(inner.step_error(idx, StepFailure::Mount { what, error }));
+                        };
+                        secret_env.push(format!("{name}={value}"));
+                    }
+                    if !mount.dest.is_empty() {
+                        let (uid, gid, mode) = mount.owner_mode.unwrap_or(SECRET_OWNER_MODE);
+                        mounts.push(ExecMount::File {
+                            dest: mount.dest.clone(),
+                            contents: contents.clone(),
+                            uid,
+                            gid,
+                            mode,
+                        });
+                    }
                 }
                 None if *required => {
                     return Err(inner.step_error(idx, StepFailure::MissingSecret { id: id.clone() }));
@@ -127,7 +155,7 @@ pub(crate) async fn run(
         upper_dir: prepared.upper.clone(),
         work_dir: prepared.work.clone(),
         args: exec.args.clone(),
-        env: exec.env.clone(),
+        env: exec.env.iter().cloned().chain(secret_env).collect(),
         cwd: exec.cwd.clone(),
         user: exec.user.clone(),
         network: match exec.network {

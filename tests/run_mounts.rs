@@ -1,0 +1,230 @@
+//! `RUN --mount`, `--network` and `--security` end to end, through `kiln build`: what a step sees, what it
+//! can reach, and what never leaves it (writes to a bind mount, secret values).
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{Env, stderr};
+
+fn build_with_env(env: &Env, context: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--root")
+        .arg(&env.root)
+        .args(["build", "--progress=plain"])
+        .args(args)
+        .arg(context)
+        .envs(vars.iter().copied())
+        .output()
+        .expect("kiln runs")
+}
+
+fn cat(env: &Env, image: &str, files: &str) -> String {
+    env.run(image, &["sh", "-c", &format!("cat {files}")])
+}
+
+#[test]
+fn bind_mounts_of_the_context_hide_ignored_files_and_never_write_to_it() {
+    let env = Env::new();
+    let dockerfile = "FROM busybox\n\
+        RUN --mount=type=bind,target=/ctx,rw sh -c 'ls -A /ctx > /listing; ls -A /ctx/logs > /logs; \
+            echo changed > /ctx/a.txt; rm /ctx/Dockerfile; touch /ctx/new; cat /ctx/a.txt > /wrote'\n\
+        RUN --mount=type=bind,target=/ctx cat /ctx/a.txt > /second-look\n\
+        RUN --mount=type=tmpfs,target=/m/sub --mount=type=bind,target=/m sh -c 'ls -A /m/sub | wc -l > /inner; cat /m/a.txt > /outer'\n";
+    let ctx = env.context(
+        "bind-ctx",
+        &[
+            ("Dockerfile", dockerfile),
+            (".dockerignore", "secret.txt\nlogs\n!logs/keep.txt\n"),
+            ("a.txt", "original\n"),
+            ("secret.txt", "do not show\n"),
+            ("logs/x.log", "noise\n"),
+            ("logs/keep.txt", "kept\n"),
+            ("sub/file", "in the context\n"),
+        ],
+    );
+    env.build_ok(&ctx, &["-t", "bind"]);
+    assert_eq!(
+        cat(&env, "bind", "/listing /logs"),
+        ".dockerignore\nDockerfile\na.txt\nlogs\nsub\nkeep.txt\n",
+        "ignored files are not in the mount"
+    );
+    assert_eq!(cat(&env, "bind", "/wrote /second-look"), "changed\noriginal\n");
+    assert_eq!(std::fs::read_to_string(ctx.join("a.txt")).unwrap(), "original\n");
+    assert!(
+        ctx.join("Dockerfile").is_file() && !ctx.join("new").exists(),
+        "a write reached the context"
+    );
+    assert_eq!(
+        cat(&env, "bind", "/inner /outer"),
+        "0\noriginal\n",
+        "mounts go in by target, a directory before what is mounted inside it"
+    );
+}
+
+#[test]
+fn secrets_as_files_and_variables_stay_out_of_the_image_and_the_key() {
+    let env = Env::new();
+    let dockerfile = "FROM busybox\n\
+        RUN --mount=type=secret,id=token,env=TOKEN sh -c 'printf %s \"$TOKEN\" | wc -c > /env-len; \
+            ls /run/secrets 2>/dev/null | wc -l > /files'\n\
+        RUN --mount=type=secret,source=token,target=/s/tok,mode=0440,uid=1,gid=2 stat -c '%a %u %g %s' /s/tok > /tok\n\
+        RUN --mount=type=secret,id=sub/name sh -c 'wc -c < /run/secrets/name > /by-basename'\n\
+        RUN --mount=type=secret,id=absent sh -c 'test -e /run/secrets/absent && echo there || echo none' > /absent\n";
+    let ctx = env.context("secrets", &[("Dockerfile", dockerfile)]);
+    let value = "s3cr3t-value";
+    let args = [
+        "-t",
+        "secrets",
+        "--secret",
+        "id=token,env=KILN_T",
+        "--secret",
+        "id=sub/name,env=KILN_T",
+    ];
+    let out = build_with_env(&env, &ctx, &args, &[("KILN_T", value)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        cat(&env, "secrets", "/env-len /files /tok /by-basename /absent"),
+        "12\n0\n440 1 2 12\n12\nnone\n"
+    );
+    // Another value: the same steps, from the cache (as BuildKit: only the id is in the key).
+    let out = build_with_env(&env, &ctx, &args, &[("KILN_T", "another-value")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let progress = stderr(&out);
+    let steps = common::steps(&progress);
+    assert!(
+        !steps.is_empty() && steps.iter().all(|(_, state)| *state == "CACHED"),
+        "{progress}"
+    );
+    let image = env.work.join("secrets.tar");
+    let save = env.kiln(&["save", "-o", image.to_str().unwrap(), "secrets"]);
+    assert!(save.status.success(), "{}", stderr(&save));
+    let unpacked = Command::new("sh")
+        .arg("-c")
+        .arg(format!("tar -xOf {} | zcat -f", image.display()))
+        .output()
+        .expect("tar");
+    assert!(
+        !String::from_utf8_lossy(&unpacked.stdout).contains(value),
+        "the secret is in the image"
+    );
+    let inspect = env.kiln(&["inspect", "secrets"]);
+    assert!(!String::from_utf8_lossy(&inspect.stdout).contains(value));
+
+    let required = env.context(
+        "secret-required",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=secret,id=absent,required=true true\n",
+        )],
+    );
+    let out = env.build(&required, &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("absent"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_cache_mount_is_named_by_its_cleaned_target() {
+    let env = Env::new();
+    let dockerfile = "FROM busybox\n\
+        RUN --mount=type=cache,target=/var/cache/x/ sh -c 'echo kept > /var/cache/x/f'\n\
+        RUN --mount=type=cache,target=/var/cache/x cat /var/cache/x/f > /seen\n";
+    let ctx = env.context("cache-id", &[("Dockerfile", dockerfile)]);
+    env.build_ok(&ctx, &["-t", "cache-id"]);
+    assert_eq!(cat(&env, "cache-id", "/seen"), "kept\n");
+    let du = env.kiln(&["du", "-v"]);
+    assert!(
+        common::stdout(&du).contains("/var/cache/x"),
+        "{}",
+        common::stdout(&du)
+    );
+}
+
+/// A service on the host's loopback, such as a cloud metadata proxy or a database only for local use.
+fn loopback_service() -> (u16, std::thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    listener.set_nonblocking(false).expect("blocking");
+    let handle = std::thread::spawn(move || {
+        let mut served = 0;
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            served += 1;
+            let _ = conn.write_all(b"host service\n");
+            if served == 1 {
+                break;
+            }
+        }
+        served
+    });
+    (port, handle)
+}
+
+#[test]
+fn steps_cannot_reach_the_hosts_loopback_unless_allowed_the_host_network() {
+    let env = Env::new();
+    let (port, service) = loopback_service();
+    let probe = format!("nc -w 3 127.0.0.1 {port} </dev/null > /reply 2>&1 || true");
+    let ctx = env.context(
+        "net-default",
+        &[("Dockerfile", &format!("FROM busybox\nRUN {probe}\n"))],
+    );
+    env.build_ok(&ctx, &["-t", "net-default"]);
+    assert!(!cat(&env, "net-default", "/reply").contains("host service"));
+
+    let host = env.context(
+        "net-host",
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM busybox\nRUN --network=host sh -c '{}'\n",
+                probe.replace('\'', "")
+            ),
+        )],
+    );
+    let out = env.build(&host, &["-t", "net-host"]);
+    assert!(!out.status.success(), "the host network without the entitlement");
+    let err = stderr(&out);
+    assert!(
+        err.contains("Dockerfile:2:") && err.contains("--allow network.host"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("#1 "),
+        "nothing may run before the entitlement check: {err}"
+    );
+
+    env.build_ok(&host, &["-t", "net-host", "--allow", "network.host"]);
+    assert_eq!(cat(&env, "net-host", "/reply"), "host service\n");
+    assert_eq!(
+        service.join().expect("service"),
+        1,
+        "only the allowed step got through"
+    );
+}
+
+#[test]
+fn insecure_steps_need_the_entitlement_and_get_the_whole_machine() {
+    let env = Env::new();
+    let ctx = env.context(
+        "insecure",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN grep Seccomp: /proc/self/status > /sandboxed\n\
+             RUN --security=insecure sh -c 'grep Seccomp: /proc/self/status; mkdir -p /mnt; \
+                 mount -t tmpfs none /mnt && echo mounted' > /insecure\n",
+        )],
+    );
+    let out = env.build(&ctx, &["-t", "insecure"]);
+    assert!(
+        stderr(&out).contains("--allow security.insecure"),
+        "{}",
+        stderr(&out)
+    );
+    env.build_ok(&ctx, &["-t", "insecure", "--allow", "security.insecure"]);
+    assert_eq!(cat(&env, "insecure", "/sandboxed"), "Seccomp:\t2\n");
+    assert_eq!(cat(&env, "insecure", "/insecure"), "Seccomp:\t0\nmounted\n");
+}
