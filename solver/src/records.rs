@@ -123,7 +123,12 @@ pub fn recorded_inputs(
 /// Why a step with `missed` inputs had no cache record, given the records of the same step that exist
 /// (`known`, nearest first). One line per difference, against the record that differs least.
 pub fn explain(missed: &KeyInputs, known: &[KeyInputs]) -> Vec<String> {
-    let Some(nearest) = known.iter().min_by_key(|k| differences(missed, k).len()) else {
+    // A record whose own inputs all match is nearest, whatever its parents: then the step missed because
+    // of a step below it, which is the better answer than some other record's one changed file.
+    let Some(nearest) = known
+        .iter()
+        .min_by_key(|k| (own_differences(missed, k).len(), missed.parents != k.parents))
+    else {
         return vec!["no record for this step in any cache source".to_string()];
     };
     let reasons = differences(missed, nearest);
@@ -136,6 +141,15 @@ pub fn explain(missed: &KeyInputs, known: &[KeyInputs]) -> Vec<String> {
 }
 
 fn differences(now: &KeyInputs, then: &KeyInputs) -> Vec<String> {
+    let mut out = own_differences(now, then);
+    if out.is_empty() && now.parents != then.parents {
+        out.push("a step it builds on missed, so its result may differ".to_string());
+    }
+    out
+}
+
+/// What differs in the step itself: its instruction, base, environment and files.
+fn own_differences(now: &KeyInputs, then: &KeyInputs) -> Vec<String> {
     let mut out = Vec::new();
     if now.description != then.description {
         out.push(format!(
@@ -152,9 +166,6 @@ fn differences(now: &KeyInputs, then: &KeyInputs) -> Vec<String> {
     }
     out.extend(env_differences(&now.env, &then.env));
     out.extend(file_differences(now, then));
-    if out.is_empty() && now.parents != then.parents {
-        out.push("a step it builds on missed, so its result may differ".to_string());
-    }
     out
 }
 
@@ -303,6 +314,18 @@ mod tests {
             explain(&now, &[]),
             vec!["no record for this step in any cache source"]
         );
+    }
+
+    #[test]
+    fn a_record_that_differs_only_below_is_nearer_than_one_with_another_file() {
+        let now = inputs("[a 2/2] COPY . /app", &[], &[("main.c", "v2")]);
+        let mut same_files = now.clone();
+        same_files.parents = vec!["another base".into()];
+        let other_file = inputs("[a 2/2] COPY . /app", &[], &[("main.c", "v1")]);
+        for known in [[same_files.clone(), other_file.clone()], [other_file, same_files]] {
+            let reasons = explain(&now, &known);
+            assert_eq!(reasons, ["a step it builds on missed, so its result may differ"]);
+        }
     }
 
     #[test]
