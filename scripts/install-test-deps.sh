@@ -2,10 +2,10 @@
 # Installs the real parts the integration tests talk to: a registry (distribution 2.8), skopeo and umoci to
 # check what kiln emits, busybox-static for base images (amd64, and arm64 for multi-platform builds),
 # qemu-user-static registered in binfmt_misc for foreign-architecture RUN steps, slirp4netns for the network
-# RUN steps get by default, iproute2 for the network tests.
+# RUN steps get by default, iproute2 for the network tests, openssh-client (ssh-agent, ssh-add) for --ssh.
 set -euo pipefail
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-packages=(docker-registry skopeo umoci busybox-static qemu-user-static apache2-utils slirp4netns iproute2)
+packages=(docker-registry skopeo umoci busybox-static qemu-user-static apache2-utils slirp4netns iproute2 openssh-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

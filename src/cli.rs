@@ -159,6 +159,9 @@ pub struct BuildArgs {
     /// (RUN --security=insecure); may repeat or be comma-separated
     #[arg(long = "allow", value_name = "ENTITLEMENT", value_delimiter = ',')]
     pub allow: Vec<String>,
+    /// An SSH agent for RUN --mount=type=ssh: default (= $SSH_AUTH_SOCK), ID=SOCKET or ID=KEYFILE[,KEYFILE...]
+    #[arg(long = "ssh", value_name = "ID[=SOCKET|KEY[,KEY...]]")]
+    pub ssh: Vec<String>,
     /// A secret for RUN --mount=type=secret: id=ID[,src=FILE|,env=VAR]
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     pub secrets: Vec<String>,

@@ -228,3 +228,139 @@ fn insecure_steps_need_the_entitlement_and_get_the_whole_machine() {
     assert_eq!(cat(&env, "insecure", "/sandboxed"), "Seccomp:\t2\n");
     assert_eq!(cat(&env, "insecure", "/insecure"), "Seccomp:\t0\nmounted\n");
 }
+
+/// A context holding the host's `ssh-add` with the libraries it links, so a step can ask an agent the way
+/// `git` over ssh does.
+fn context_with_ssh_add(env: &Env, name: &str, dockerfile: &str) -> std::path::PathBuf {
+    let ctx = env.context(name, &[("Dockerfile", dockerfile)]);
+    let ldd = Command::new("ldd").arg("/usr/bin/ssh-add").output().expect("ldd");
+    let libs = String::from_utf8_lossy(&ldd.stdout).into_owned();
+    let files = libs
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .chain(["/usr/bin/ssh-add"]);
+    for file in files {
+        let into = ctx.join("sshroot").join(file.trim_start_matches('/'));
+        std::fs::create_dir_all(into.parent().unwrap()).unwrap();
+        std::fs::copy(file, &into).unwrap_or_else(|e| panic!("copying {file}: {e}"));
+    }
+    ctx
+}
+
+fn keygen(dir: &Path, name: &str, kind: &str) -> String {
+    let key = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen (openssh-client) must be installed");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fingerprint = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(key.with_extension("pub"))
+        .output()
+        .unwrap();
+    common::stdout(&fingerprint).trim().to_string()
+}
+
+/// A real ssh-agent for the test, killed when dropped.
+struct Agent {
+    socket: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Agent {
+        let socket = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .spawn()
+            .expect("ssh-agent");
+        while !socket.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Agent { socket, child }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ssh_mounts_reach_a_forwarded_agent_and_keys_served_from_memory() {
+    let env = Env::new();
+    let keys = env.work.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let ed25519 = keygen(&keys, "deploy", "ed25519");
+    let rsa = keygen(&keys, "legacy", "rsa");
+    let forwarded = keygen(&keys, "personal", "ed25519");
+    let agent = Agent::start(&keys);
+    let add = Command::new("ssh-add")
+        .arg(keys.join("personal"))
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{}", stderr(&add));
+
+    let dockerfile = "FROM busybox\nCOPY sshroot/ /\nCOPY keys/*.pub /keys/\n\
+        RUN --mount=type=ssh sh -c 'echo $SSH_AUTH_SOCK; ssh-add -l' > /forwarded\n\
+        RUN --mount=type=ssh,id=deploy,uid=1000,mode=0600 sh -c 'stat -c \"%u %a\" $SSH_AUTH_SOCK; ssh-add -l; \
+            ssh-add -T /keys/deploy.pub && ssh-add -T /keys/legacy.pub && echo signed' > /served\n\
+        RUN --mount=type=ssh,id=deploy,target=/agent --mount=type=ssh,id=default sh -c 'echo $SSH_AUTH_SOCK; ls /run/buildkit' > /two\n";
+    let ctx = context_with_ssh_add(&env, "ssh", dockerfile);
+    std::fs::create_dir_all(ctx.join("keys")).unwrap();
+    for key in ["deploy", "legacy"] {
+        std::fs::copy(
+            keys.join(format!("{key}.pub")),
+            ctx.join(format!("keys/{key}.pub")),
+        )
+        .unwrap();
+    }
+    let deploy = format!(
+        "deploy={},{}",
+        keys.join("deploy").display(),
+        keys.join("legacy").display()
+    );
+    let socket = agent.socket.to_str().unwrap().to_string();
+    let out = build_with_env(
+        &env,
+        &ctx,
+        &["-t", "ssh", "--ssh", "default", "--ssh", &deploy],
+        &[("SSH_AUTH_SOCK", &socket)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        cat(&env, "ssh", "/forwarded"),
+        format!("/run/buildkit/ssh_agent.0\n{forwarded}\n")
+    );
+    assert_eq!(
+        cat(&env, "ssh", "/served"),
+        format!("1000 600\n{ed25519}\n{rsa}\nsigned\n")
+    );
+    assert_eq!(cat(&env, "ssh", "/two"), "/agent\nssh_agent.1\n");
+    assert_eq!(
+        env.run(
+            "ssh",
+            &["sh", "-c", "test -e /run || test -e /agent || echo clean"]
+        ),
+        "clean\n",
+        "mount points do not stay in the image"
+    );
+
+    let required = env.context(
+        "ssh-required",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=ssh,required=true true\n",
+        )],
+    );
+    let out = env.build(&required, &[]);
+    assert!(!out.status.success(), "no agent given");
+    assert!(stderr(&out).contains("--ssh"), "{}", stderr(&out));
+}

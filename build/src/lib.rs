@@ -5,6 +5,7 @@
 //! command would call the same [`Builder`].
 
 mod dockerfile;
+mod ssh;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use kiln_solver::solve::{Explanation, SolveOptions, SolveStats, Solver, SolverPa
 use kiln_solver::source::{BaseImages, HttpSource, ImageSource, LayerRef, LocalSource, Sources};
 
 pub use dockerfile::{Dockerfile, NamedContextSpec};
+pub use ssh::SshSpec;
 
 /// What to build, and where the result goes.
 #[derive(Debug, Clone)]
@@ -66,6 +68,8 @@ pub struct BuildRequest {
     pub explain_cache: bool,
     /// `--allow`: the entitlements RUN steps may use.
     pub allow: BTreeSet<Entitlement>,
+    /// `--ssh`: the agents RUN --mount=type=ssh may use.
+    pub ssh: Vec<SshSpec>,
 }
 
 impl BuildRequest {
@@ -92,6 +96,7 @@ impl BuildRequest {
             cache_from: Vec::new(),
             explain_cache: false,
             allow: BTreeSet::new(),
+            ssh: Vec::new(),
         }
     }
 
@@ -196,6 +201,7 @@ impl Builder {
     ) -> Result<BuildResult, BuildError> {
         let context = std::fs::canonicalize(&req.context)
             .map_err(|e| BuildError::Usage(format!("build context {}: {e}", req.context.display())))?;
+        let ssh = ssh::agents(&req.ssh).map_err(BuildError::Usage)?;
         let outputs = req.outputs();
         // The cache descriptions are fetched while the Dockerfile is converted.
         let imports = {
@@ -244,6 +250,7 @@ impl Builder {
                     .max_parallelism
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
                 secrets: req.secrets.clone(),
+                ssh,
                 explain: req.explain_cache,
             },
             events,

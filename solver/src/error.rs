@@ -56,7 +56,9 @@ pub enum StepFailure {
     },
     #[error("secret {id:?} is required but was not given (pass --secret id={id},src=FILE)")]
     MissingSecret { id: String },
-    #[error("ssh agent {id:?} is required, but kiln does not forward ssh agents yet")]
+    #[error(
+        "ssh agent {id:?} is required, but the build has none of that id: pass --ssh {id}=SOCKET_OR_KEY (or --ssh default for $SSH_AUTH_SOCK)"
+    )]
     MissingSsh { id: String },
     /// An input that is a client directory where a filesystem is needed.
     #[error("a client directory ({path}) cannot be used as a filesystem here")]

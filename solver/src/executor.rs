@@ -109,6 +109,21 @@ impl std::fmt::Debug for SecretBytes {
     }
 }
 
+/// An SSH agent that `RUN --mount=type=ssh` steps may use (`kiln build --ssh`): a forwarded agent socket or
+/// keys served from memory. Its keys never enter the rootfs; a step only gets a socket to ask through.
+pub trait SshAgent: Send + Sync + std::fmt::Debug {
+    /// A new socket on the host serving this agent to one step, owned and moded as given (the mount's
+    /// `uid`, `gid`, `mode`); it stops serving and disappears when the returned value drops.
+    fn socket(&self, owner: (u32, u32, u32)) -> std::io::Result<SshSocket>;
+}
+
+/// A socket an [`SshAgent`] serves for one step.
+pub struct SshSocket {
+    pub path: PathBuf,
+    /// Whatever stops the serving when dropped.
+    pub guard: Box<dyn Send>,
+}
+
 /// Which stream a chunk of output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputStream {

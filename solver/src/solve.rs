@@ -23,7 +23,7 @@ use kiln_llb::{Definition, Digest, FileAction, Input, MountKind, Op, Platform};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::context::ContextHasher;
-use crate::executor::{Cancel, Executor, SecretBytes};
+use crate::executor::{Cancel, Executor, SecretBytes, SshAgent};
 use crate::fileop;
 use crate::graph::Graph;
 use crate::progress::{Event, EventSender};
@@ -42,6 +42,8 @@ pub struct SolveOptions {
     pub max_parallelism: usize,
     /// Secrets for `RUN --mount=type=secret`, by id. Their contents never enter keys, layers or the disk.
     pub secrets: HashMap<String, SecretBytes>,
+    /// SSH agents for `RUN --mount=type=ssh`, by id.
+    pub ssh: HashMap<String, Arc<dyn SshAgent>>,
     /// Say for every step that misses why (`--explain-cache`).
     pub explain: bool,
 }

@@ -2,7 +2,6 @@
 //! sandbox): top-down cache lookup, identical vertices run once, parallel branches, the parallelism limit,
 //! fail-fast and cancellation.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -155,8 +154,7 @@ impl Fixture {
             executor: self.executor.clone(),
             options: SolveOptions {
                 max_parallelism: parallelism,
-                secrets: HashMap::new(),
-                explain: false,
+                ..SolveOptions::default()
             },
             events: None,
             cancel: Cancel::default(),

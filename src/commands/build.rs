@@ -148,6 +148,11 @@ pub fn request(args: &BuildArgs) -> anyhow::Result<BuildRequest> {
         .map(|raw| kiln_remotecache::parse_cache_from(raw))
         .collect::<Result<Vec<_>, _>>()?;
     req.explain_cache = args.explain_cache;
+    req.ssh = args
+        .ssh
+        .iter()
+        .map(|raw| kiln_build::SshSpec::parse(raw).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
     req.allow = args
         .allow
         .iter()

@@ -143,12 +143,8 @@ pub(super) fn parse_mount(spec: &str) -> Result<ParsedMount, String> {
             )
         }
         "ssh" => {
+            // The default target is numbered by the RUN's ssh mounts, which RUN counts.
             let id = id.unwrap_or_else(|| "default".into());
-            let target = if target.is_empty() {
-                "/run/buildkit/ssh_agent.0".into()
-            } else {
-                target
-            };
             (
                 MountKind::Ssh {
                     id,

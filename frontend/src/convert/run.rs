@@ -64,10 +64,19 @@ impl<'a> Converter<'a> {
     ) -> Result<(), Diagnostic> {
         let mut exec_mounts = ExecMounts::over_rootfs(st.state);
         let args = self.run_command(st, run, &mut exec_mounts);
-        self.add_run_mounts(st, run, loc, &mut exec_mounts)?;
+        let first_agent = self.add_run_mounts(st, run, loc, &mut exec_mounts)?;
         let network = self.network_mode(run, loc)?;
         let security = self.security_mode(run, loc)?;
-        let RunEnv { env, history_args } = self.run_env(st);
+        let RunEnv {
+            mut env,
+            history_args,
+        } = self.run_env(st);
+        // As BuildKit: the first agent is the one ssh clients find, unless the stage says otherwise.
+        if let Some(agent) = first_agent
+            && !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK="))
+        {
+            env.push(format!("SSH_AUTH_SOCK={agent}"));
+        }
         let exec = Exec {
             args: args.clone(),
             env,
@@ -124,7 +133,8 @@ impl<'a> Converter<'a> {
         run: &RunArgs,
         loc: &Location,
         exec_mounts: &mut ExecMounts,
-    ) -> Result<(), Diagnostic> {
+    ) -> Result<Option<String>, Diagnostic> {
+        let mut first_agent = None;
         for spec in &run.mounts {
             let expanded = self.expand_in(st, spec, loc)?;
             let parsed = parse_mount(&expanded).map_err(|e| loc.error_at(spec, e).hint(MOUNT_HINT))?;
@@ -137,6 +147,12 @@ impl<'a> Converter<'a> {
             let env_only_secret = parsed.target.is_empty() && matches!(parsed.kind, MountKind::Secret { .. });
             let dest = if env_only_secret {
                 String::new()
+            } else if parsed.target.is_empty() && matches!(parsed.kind, MountKind::Ssh { .. }) {
+                let agents = exec_mounts
+                    .mounts
+                    .iter()
+                    .filter(|m| matches!(m.kind, MountKind::Ssh { .. }));
+                format!("/run/buildkit/ssh_agent.{}", agents.count())
             } else {
                 clean_path(&join_path(&st.workdir(), &parsed.target))
             };
@@ -144,6 +160,9 @@ impl<'a> Converter<'a> {
                 return Err(loc
                     .error_at(spec, format!("invalid mount target {:?}", parsed.target))
                     .hint("a mount cannot replace the root filesystem; mount it at a directory below /"));
+            }
+            if matches!(parsed.kind, MountKind::Ssh { .. }) && first_agent.is_none() {
+                first_agent = Some(dest.clone());
             }
             exec_mounts.mounts.push(Mount {
                 input: input_index,
@@ -158,7 +177,7 @@ impl<'a> Converter<'a> {
         // As BuildKit's LLB: mounts by target, so a directory is mounted before what is mounted inside it,
         // whatever order the flags came in.
         exec_mounts.mounts.sort_by(|a, b| a.dest.cmp(&b.dest));
-        Ok(())
+        Ok(first_agent)
     }
 
     /// The environment a RUN sees — the stage's variables (ENV and ARGs with values, the last definition

@@ -18,6 +18,8 @@ use crate::{SolveError, StepFailure};
 
 /// Who owns a secret file, and its mode, when the mount does not say: root, 0400 (as BuildKit).
 const SECRET_OWNER_MODE: (u32, u32, u32) = (0, 0, 0o400);
+/// An agent socket's owner and mode when the mount does not say: root, 0600 (as BuildKit).
+const SSH_OWNER_MODE: (u32, u32, u32) = (0, 0, 0o600);
 
 pub(crate) async fn run(
     inner: &Arc<Inner>,
@@ -41,6 +43,8 @@ pub(crate) async fn run(
     let mut held = Vec::new();
     let mut mounts = Vec::new();
     let mut secret_env = Vec::new();
+    // Served until the step is over.
+    let mut ssh_sockets = Vec::new();
     let mount_source = |root: &std::path::Path, selector: &str| {
         resolve_in_root(root, selector).map_err(|e| {
             inner.step_error(
@@ -143,11 +147,31 @@ pub(crate) async fn run(
                 }
                 None => {}
             },
-            MountKind::Ssh { id, required } => {
-                if *required {
+            MountKind::Ssh { id, required } => match inner.options.ssh.get(id) {
+                Some(agent) => {
+                    let owner = mount.owner_mode.unwrap_or(SSH_OWNER_MODE);
+                    let socket = agent.socket(owner).map_err(|e| {
+                        let what = format!("serving the ssh agent {id:?}");
+                        inner.step_error(
+                            idx,
+                            StepFailure::Mount {
+                                what,
+                                error: Arc::new(e),
+                            },
+                        )
+                    })?;
+                    mounts.push(ExecMount::Bind {
+                        source: socket.path.clone(),
+                        dest: mount.dest.clone(),
+                        readonly: false,
+                    });
+                    ssh_sockets.push(socket);
+                }
+                None if *required => {
                     return Err(inner.step_error(idx, StepFailure::MissingSsh { id: id.clone() }));
                 }
-            }
+                None => {}
+            },
         }
     }
     let spec = ExecSpec {
