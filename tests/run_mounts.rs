@@ -63,6 +63,21 @@ fn bind_mounts_of_the_context_hide_ignored_files_and_never_write_to_it() {
         "0\noriginal\n",
         "mounts go in by target, a directory before what is mounted inside it"
     );
+
+    // An ignored file is not in the context for a mount's source either, nor behind a symlink to it.
+    std::os::unix::fs::symlink("secret.txt", ctx.join("link")).unwrap();
+    for source in ["secret.txt", "link", "logs/x.log"] {
+        let dockerfile = format!("FROM busybox\nRUN --mount=type=bind,source={source},target=/s cat /s\n");
+        std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        let out = env.build(&ctx, &[]);
+        assert!(!out.status.success(), "{source}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("excluded from the context"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("do not show") && !stderr(&out).contains("noise"));
+    }
 }
 
 #[test]

@@ -167,9 +167,19 @@ pub fn bind_at(
     let tree = open_tree(dir, source, flags)
         .map_err(|e| MountError::new(what, format!("{}: {}", source.display(), describe_errno(e))))?;
     if readonly {
-        mount_set_readonly(tree.as_fd(), recursive)
+        mount_set_attr(tree.as_fd(), libc::MOUNT_ATTR_RDONLY, recursive)
             .map_err(|e| MountError::new(what, format!("making it read-only: {}", describe_errno(e))))?;
     }
+    Ok(tree)
+}
+
+/// A bind mount (recursive) in which device nodes cannot be opened: what a step gets of a host directory
+/// (a cache mount, the context, another result), where root in the step could otherwise `mknod` the host's
+/// disk and read it.
+pub fn bind_nodev(source: &Path, readonly: bool, what: &str) -> Result<OwnedFd, MountError> {
+    let tree = bind(source, true, readonly, what)?;
+    mount_set_attr(tree.as_fd(), libc::MOUNT_ATTR_NODEV, true)
+        .map_err(|e| MountError::new(what, format!("making it nodev: {}", describe_errno(e))))?;
     Ok(tree)
 }
 
@@ -190,11 +200,11 @@ pub fn attach_at(mount: &OwnedFd, dir: BorrowedFd<'_>, name: &str) -> Result<(),
     move_mount(mount, c"", dir, name, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
 }
 
-/// Makes a (possibly detached) mount read-only with `mount_setattr` (which rustix does not wrap),
-/// recursively if asked.
-pub fn mount_set_readonly(mount: BorrowedFd<'_>, recursive: bool) -> Result<(), Errno> {
+/// Sets an attribute (`MOUNT_ATTR_*`) on a (possibly detached) mount with `mount_setattr` (which rustix
+/// does not wrap), recursively if asked.
+fn mount_set_attr(mount: BorrowedFd<'_>, attr_set: u64, recursive: bool) -> Result<(), Errno> {
     let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_set,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,

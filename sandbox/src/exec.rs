@@ -68,11 +68,15 @@ fn become_user_and_exec(p: &Prepared) -> Result<ChildError, ChildError> {
         Err(Errno::ACCESS | Errno::PERM) => true,
         Err(e) => return Err(cwd_error(p, e)),
     };
+    if !chdir_later {
+        check_cwd_inside(p)?;
+    }
     if p.insecure {
         // `--security=insecure`: the user's ids, every capability root has, no filter.
         set_ids(&p.user)?;
         if chdir_later {
             rustix::process::chdir(p.cwd.as_c_str()).map_err(|e| cwd_error(p, e))?;
+            check_cwd_inside(p)?;
         }
         sys::close_range(3, u32::MAX, true)
             .map_err(|e| ChildError::errno("marking descriptors close-on-exec", e))?;
@@ -102,12 +106,26 @@ fn become_user_and_exec(p: &Prepared) -> Result<ChildError, ChildError> {
     }
     if chdir_later {
         rustix::process::chdir(p.cwd.as_c_str()).map_err(|e| cwd_error(p, e))?;
+        check_cwd_inside(p)?;
     }
     // Whatever kiln (or the test harness) had open must not reach the command; the status pipe closes on a
     // successful exec, which is how kiln knows there was no error.
     sys::close_range(3, u32::MAX, true)
         .map_err(|e| ChildError::errno("marking descriptors close-on-exec", e))?;
     Ok(search_and_exec(p))
+}
+
+/// As runc since CVE-2024-21626: the working directory must be inside the container. A `WORKDIR` through a
+/// `/proc/self/fd/N` of a descriptor still open at that point would otherwise leave the command in a host
+/// directory, which the kernel then shows as "(unreachable)/...".
+fn check_cwd_inside(p: &Prepared) -> Result<(), ChildError> {
+    match rustix::process::getcwd(Vec::new()) {
+        Ok(cwd) if cwd.to_bytes().starts_with(b"/") => Ok(()),
+        Ok(_) | Err(_) => Err(ChildError::setup(
+            format!("changing to working directory {}", p.cwd.to_string_lossy()),
+            "it is outside the container's filesystem",
+        )),
+    }
 }
 
 fn cwd_error(p: &Prepared, e: Errno) -> ChildError {

@@ -154,7 +154,7 @@ fn build_rootfs(
 
     let insecure = spec.security == Security::Insecure;
     mount_proc(root, stubs, insecure)?;
-    mount_dev(root, stubs)?;
+    mount_dev(root, stubs, insecure)?;
     mount_sys(root, stubs, insecure)?;
     for (dest, source) in [
         ("/etc/hosts", &req.hosts),
@@ -226,10 +226,16 @@ fn mask_dir(dir: BorrowedFd<'_>, name: &str, parent: &str) -> Result<(), ChildEr
     mounts::attach_at(&empty, dir, name).map_err(|e| ChildError::errno(&what, e))
 }
 
-fn mount_dev(root: BorrowedFd<'_>, stubs: &mut StubRecorder) -> Result<(), ChildError> {
+fn mount_dev(root: BorrowedFd<'_>, stubs: &mut StubRecorder, insecure: bool) -> Result<(), ChildError> {
     const WHAT: &str = "mounting /dev";
     let target = mount_point(root, "/dev", Kind::Dir, stubs)?;
-    let dev = mounts::tmpfs("755", Some(64 << 20), MountAttrFlags::MOUNT_ATTR_NOSUID, WHAT)?;
+    // nodev: a node a step makes here with mknod cannot be opened (docker's device cgroup has that effect);
+    // the devices a container gets are bind mounts of the host's, each a mount of its own.
+    let dev_attrs = match insecure {
+        true => MountAttrFlags::MOUNT_ATTR_NOSUID,
+        false => MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+    };
+    let dev = mounts::tmpfs("755", Some(64 << 20), dev_attrs, WHAT)?;
     mounts::attach(&dev, target.as_fd(), WHAT)?;
     let dev = dev.as_fd();
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
@@ -316,7 +322,7 @@ fn mount_extra(
             let meta = std::fs::metadata(source).map_err(|e| ChildError::setup(&what, e.to_string()))?;
             let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
             let target = mount_point(root, dest, kind, stubs)?;
-            let tree = mounts::bind(source, true, *readonly, &what)?;
+            let tree = mounts::bind_nodev(source, *readonly, &what)?;
             Ok(mounts::attach(&tree, target.as_fd(), &what)?)
         }
         ExecMount::Tmpfs { dest, size } => {

@@ -371,14 +371,17 @@ fn hosts_file(hostname: &str, extra_hosts: &[String]) -> Result<String, SandboxE
     Ok(text)
 }
 
-/// The slirp4netns binary the default network needs, looked up once in kiln's PATH and the system dirs.
+/// The slirp4netns binary the default network needs, looked up once: the system's first (it runs as root),
+/// then kiln's PATH.
 fn slirp4netns() -> Result<PathBuf, SandboxError> {
     static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     FOUND
         .get_or_init(|| {
             let path = std::env::var_os("PATH").unwrap_or_default();
-            std::env::split_paths(&path)
-                .chain(["/usr/bin", "/usr/local/bin", "/bin"].map(PathBuf::from))
+            ["/usr/bin", "/bin", "/usr/local/bin"]
+                .map(PathBuf::from)
+                .into_iter()
+                .chain(std::env::split_paths(&path))
                 .map(|dir| dir.join("slirp4netns"))
                 .find(|candidate| {
                     candidate

@@ -34,6 +34,7 @@ const RET_ERRNO: u32 = 0x0005_0000;
 const NR: u32 = 0;
 const ARCH: u32 = 4;
 const ARG0_LOW: u32 = 16;
+const ARG1_LOW: u32 = 24;
 
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const AUDIT_ARCH_I386: u32 = 0x4000_0003;
@@ -49,6 +50,9 @@ const CLONE_NAMESPACES: u32 = 0x7e02_0000;
 const PERSONALITIES: [u32; 5] = [0, 8, 0x0002_0000, 0x0002_0008, 0xffff_ffff];
 /// AF_ALG and AF_VSOCK: a kernel crypto interface and the hypervisor's sockets, refused by docker.
 const SOCKET_FAMILIES: [u32; 2] = [38, 40];
+/// TIOCSTI and TIOCLINUX: typing into, or reading, a terminal the command shares with the user (`kiln run`),
+/// so that what a container typed runs in the user's shell once it exits.
+const TERMINAL_INJECTION: [u32; 2] = [0x5412, 0x541c];
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -81,6 +85,8 @@ enum Action {
     OnlyValues(&'static [u32]),
     /// Allowed unless the first argument is one of these.
     RefuseValues(&'static [u32]),
+    /// Allowed unless the second argument is one of these.
+    RefuseSecondValues(&'static [u32]),
 }
 
 struct Abi {
@@ -180,6 +186,10 @@ fn native() -> Abi {
         (libc::SYS_clone as u32, Action::RefuseFlags(CLONE_NAMESPACES)),
         (libc::SYS_personality as u32, Action::OnlyValues(&PERSONALITIES)),
         (libc::SYS_socket as u32, Action::RefuseValues(&SOCKET_FAMILIES)),
+        (
+            libc::SYS_ioctl as u32,
+            Action::RefuseSecondValues(&TERMINAL_INJECTION),
+        ),
     ]);
     rules.extend(common_rules());
     Abi {
@@ -248,9 +258,10 @@ fn compat() -> Option<Abi> {
     .map(|nr| (nr, EPERM))
     .collect();
     rules.extend([
-        (120, Action::RefuseFlags(CLONE_NAMESPACES)),  // clone
-        (136, Action::OnlyValues(&PERSONALITIES)),     // personality
-        (359, Action::RefuseValues(&SOCKET_FAMILIES)), // socket
+        (120, Action::RefuseFlags(CLONE_NAMESPACES)), // clone
+        (136, Action::OnlyValues(&PERSONALITIES)),    // personality
+        (359, Action::RefuseValues(&SOCKET_FAMILIES)),
+        (54, Action::RefuseSecondValues(&TERMINAL_INJECTION)), // ioctl // socket
     ]);
     rules.extend(common_rules());
     Some(Abi {
@@ -342,17 +353,21 @@ fn check(action: Action) -> Vec<Insn> {
             out.push(allow);
             out
         }
-        Action::RefuseValues(values) => {
-            let mut out = vec![stmt(LD_W_ABS, ARG0_LOW)];
-            let n = values.len();
-            for (i, &v) in values.iter().enumerate() {
-                out.push(jump(JEQ_K, v, (n - i) as u8, 0));
-            }
-            out.push(allow);
-            out.push(eperm);
-            out
-        }
+        Action::RefuseValues(values) => refuse_values(ARG0_LOW, values),
+        Action::RefuseSecondValues(values) => refuse_values(ARG1_LOW, values),
     }
+}
+
+fn refuse_values(arg: u32, values: &[u32]) -> Vec<Insn> {
+    let mut out = vec![stmt(LD_W_ABS, arg)];
+    let n = values.len();
+    for (i, &v) in values.iter().enumerate() {
+        // Over the remaining compares and the allow, to the refusal.
+        out.push(jump(JEQ_K, v, (n - i) as u8, 0));
+    }
+    out.push(stmt(RET_K, RET_ALLOW));
+    out.push(stmt(RET_K, RET_ERRNO | libc::EPERM as u32));
+    out
 }
 
 /// Installs the filter on the calling thread (the single-threaded command process), inherited by everything
@@ -372,10 +387,15 @@ mod tests {
 
     /// Runs the program the way the kernel does, on one `seccomp_data`.
     fn verdict(prog: &[Insn], arch: u32, nr: u32, arg0: u64) -> u32 {
+        verdict_with(prog, arch, nr, [arg0, 0])
+    }
+
+    fn verdict_with(prog: &[Insn], arch: u32, nr: u32, args: [u64; 2]) -> u32 {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_le_bytes());
         data[4..8].copy_from_slice(&arch.to_le_bytes());
-        data[16..24].copy_from_slice(&arg0.to_le_bytes());
+        data[16..24].copy_from_slice(&args[0].to_le_bytes());
+        data[24..32].copy_from_slice(&args[1].to_le_bytes());
         let (mut pc, mut acc) = (0usize, 0u32);
         loop {
             let i = prog[pc];
@@ -439,6 +459,12 @@ mod tests {
         assert_eq!(verdict(&prog, arch, socket, libc::AF_VSOCK as u64), EPERM_RET);
         assert_eq!(verdict(&prog, arch, socket, libc::AF_INET as u64), RET_ALLOW);
         assert_eq!(verdict(&prog, arch, libc::SYS_clone3 as u32, 0), ENOSYS_RET);
+        let ioctl = libc::SYS_ioctl as u32;
+        assert_eq!(
+            verdict_with(&prog, arch, ioctl, [0, u64::from(TERMINAL_INJECTION[0])]),
+            EPERM_RET
+        );
+        assert_eq!(verdict_with(&prog, arch, ioctl, [0, 0x5401]), RET_ALLOW);
         assert_eq!(
             verdict(&prog, 0x4000_0028, libc::SYS_getpid as u32, 0),
             EPERM_RET,

@@ -16,6 +16,7 @@ const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "ls", "id", "hostname", "rm", "mkdir", "touch", "sleep", "uname", "ip", "env",
     "pwd", "wc", "kill", "grep", "stat", "test", "true", "mount", "head", "sort", "nc", "unshare", "linux32",
+    "mknod",
 ];
 /// No test command takes more than a second or two; this only keeps a broken sandbox from hanging CI.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -448,6 +449,45 @@ fn sandboxed_root_is_confined_and_insecure_root_is_not() {
         "{}",
         out.stdout
     );
+}
+
+/// Root in a step may mknod (docker allows it too), but not open what it made: with no device cgroup, a node
+/// for the host's disk would otherwise read it. Only the devices the sandbox binds in work.
+#[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
+fn device_nodes_a_step_makes_cannot_be_opened() {
+    let fx = Fixture::new("nodev");
+    std::fs::create_dir_all(fx.path("cache")).unwrap();
+    let script = "mkdir -p /tmp; for d in /dev /tmp /cache; do mknod $d/mynull c 1 3 || echo \"no mknod in $d\"; \
+                  (echo x > $d/mynull) 2>/dev/null && echo \"opened in $d\"; rm -f $d/mynull; done; \
+                  echo x > /dev/null && echo real";
+    let mut spec = fx.spec(script);
+    spec.mounts = vec![ExecMount::Bind {
+        source: fx.path("cache"),
+        dest: "/cache".into(),
+        readonly: false,
+    }];
+    assert_eq!(run(&spec).stdout, "real\n");
+}
+
+/// runc CVE-2024-21626: a working directory of `/proc/self/fd/N` for a descriptor of a host directory still
+/// open while the command is set up would start it outside the container.
+#[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
+fn a_working_directory_through_a_descriptor_never_leaves_the_rootfs() {
+    let fx = Fixture::new("cwd-fd");
+    std::fs::write(fx.path("host-sentinel"), "host\n").unwrap();
+    let dir = std::fs::File::open(&fx.tmp.0).unwrap();
+    let leaked = rustix::io::fcntl_dupfd_cloexec(&dir, 60).unwrap();
+    rustix::io::fcntl_setfd(&leaked, rustix::io::FdFlags::empty()).unwrap();
+    for n in (3..=16).chain([60]) {
+        let mut spec = fx.spec("ls -a; cat ../../host-sentinel 2>/dev/null; true");
+        spec.cwd = format!("/proc/self/fd/{n}");
+        if let Ok(out) = try_run(&spec) {
+            assert!(!out.stdout.contains("host"), "fd {n}: {}", out.stdout);
+        }
+    }
+    drop(leaked);
 }
 
 /// A TCP server that greets every client; counts the connections it accepted.

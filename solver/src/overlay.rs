@@ -68,6 +68,15 @@ impl MountedTree {
         ignore: &PatternMatcher,
         writable: bool,
     ) -> io::Result<Option<Self>> {
+        // What the context does not hold for the build cannot be mounted either.
+        if let Some(rel) = source.strip_prefix(root).ok().and_then(Path::to_str)
+            && ignore.is_excluded(rel)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{rel} is excluded from the context by .dockerignore"),
+            ));
+        }
         let scratch = fresh_dir(store, "scratch")?;
         let mut tree = MountedTree {
             mount_point: fresh_dir(store, "mnt")?,
