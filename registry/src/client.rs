@@ -104,6 +104,8 @@ struct Inner {
     /// For the login check, which oci-client cannot do (see [`RegistryClient::login`]); made on first use,
     /// since loading the system's CA certificates costs every other command time for nothing.
     http: std::sync::OnceLock<reqwest::Client>,
+    /// Registries whose token realm was found fit for their credentials.
+    realms_checked: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -138,6 +140,7 @@ impl RegistryClient {
                 credentials: RwLock::new(credentials),
                 clients: Mutex::new(HashMap::new()),
                 http: std::sync::OnceLock::new(),
+                realms_checked: Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -172,8 +175,26 @@ impl RegistryClient {
 
     /// The oci-client for the reference's registry, with that registry's credentials registered (oci-client
     /// only authenticates requests for registries it has credentials, even anonymous ones, for).
-    async fn oci(&self, reference: &Reference) -> oci_client::Client {
+    async fn oci(&self, reference: &Reference) -> Result<oci_client::Client> {
         let registry = reference.registry();
+        let has_credentials = matches!(self.auth_for(registry), RegistryAuth::Basic(..));
+        let checked = || {
+            self.inner
+                .realms_checked
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .contains(registry)
+        };
+        // oci-client sends Basic credentials to whatever token realm the registry names: the realm is
+        // checked first, once per registry.
+        if has_credentials && !checked() {
+            self.check_token_realm(reference).await?;
+            self.inner
+                .realms_checked
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(registry.to_owned());
+        }
         let client = {
             let mut clients = self
                 .inner
@@ -202,7 +223,58 @@ impl RegistryClient {
         client
             .store_auth_if_needed(reference.api_host(), &self.auth_for(registry))
             .await;
-        client
+        Ok(client)
+    }
+
+    /// The registry's API root, `scheme://host/`.
+    fn api_base(&self, registry: &str, api_host: &str) -> Result<reqwest::Url> {
+        let scheme = if self.is_insecure(registry) {
+            "http"
+        } else {
+            "https"
+        };
+        reqwest::Url::parse(&format!("{scheme}://{api_host}/"))
+            .map_err(|e| transport("parse the address of", registry, e))
+    }
+
+    /// Asks the registry, anonymously, where it would send credentials, and refuses a realm they must not
+    /// go to (see [`realm_may_have_credentials`]).
+    async fn check_token_realm(&self, reference: &Reference) -> Result<()> {
+        let registry = reference.registry();
+        let base = self.api_base(registry, reference.api_host())?;
+        let url = base
+            .join("v2/")
+            .map_err(|e| transport("parse the address of", registry, e))?;
+        let res = self
+            .http()?
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| transport("ask", registry, e))?;
+        if res.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(());
+        }
+        let Ok(Some((realm, _))) = bearer_challenge(res.headers()) else {
+            return Ok(());
+        };
+        realm_may_have_credentials(&base, &realm).map_err(|why| Error::UntrustedRealm {
+            registry: registry.to_owned(),
+            realm,
+            why,
+        })
+    }
+
+    fn http(&self) -> Result<&reqwest::Client> {
+        if let Some(http) = self.inner.http.get() {
+            return Ok(http);
+        }
+        let made = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(self.inner.config.connect_timeout)
+            .read_timeout(self.inner.config.read_timeout)
+            .build()
+            .map_err(|e| transport("create HTTP client for", "registries", e))?;
+        Ok(self.inner.http.get_or_init(|| made))
     }
 
     fn err(
@@ -218,7 +290,7 @@ impl RegistryClient {
     /// Fetches the manifest or index `reference` names, verified against the digest the reference pins
     /// (or the one the registry announces).
     pub async fn fetch_manifest(&self, reference: &Reference) -> Result<Manifest> {
-        let oci = self.oci(reference).await;
+        let oci = self.oci(reference).await?;
         let auth = self.auth_for(reference.registry());
         let (bytes, digest) = oci
             .pull_manifest_raw(reference.oci(), &auth, ACCEPTED_MANIFESTS)
@@ -316,7 +388,7 @@ impl RegistryClient {
                 reason: "only sha256 digests are supported".to_owned(),
             });
         }
-        let oci = self.oci(reference).await;
+        let oci = self.oci(reference).await?;
         let mut state = FetchState {
             hasher: Sha256::new(),
             written: 0,
@@ -452,7 +524,7 @@ impl RegistryClient {
 
     /// Whether the repository of `reference` already has the blob (HEAD request).
     pub async fn blob_exists(&self, reference: &Reference, digest: &Digest) -> Result<bool> {
-        let oci = self.oci(reference).await;
+        let oci = self.oci(reference).await?;
         let d = digest.to_string();
         oci.blob_exists(reference.oci(), &d)
             .await
@@ -464,7 +536,7 @@ impl RegistryClient {
     /// have the blob there, or does not allow mounts) and the blob must be pushed.
     pub async fn mount_blob(&self, target: &Reference, from_repo: &str, digest: &Digest) -> Result<bool> {
         let source = target.with_repository(from_repo)?;
-        let oci = self.oci(target).await;
+        let oci = self.oci(target).await?;
         let d = digest.to_string();
         match oci.mount_blob(target.oci(), source.oci(), &d).await {
             Ok(()) => Ok(true),
@@ -495,7 +567,7 @@ impl RegistryClient {
                 reason: "only sha256 digests are supported".to_owned(),
             });
         }
-        let oci = self.oci(reference).await;
+        let oci = self.oci(reference).await?;
         let target = Target::Blob(&d);
         if size <= self.inner.config.chunked_upload_threshold {
             let data = read_verified(reference, &d, size, reader)?;
@@ -594,7 +666,7 @@ impl RegistryClient {
                 reference: reference.to_string(),
                 media_type: media_type.to_owned(),
             })?;
-        let oci = self.oci(reference).await;
+        let oci = self.oci(reference).await?;
         oci.push_manifest_raw(reference.oci(), bytes.to_vec(), content_type)
             .await
             .map_err(|e| self.err("push manifest", reference, Target::Manifest, e))?;
@@ -671,24 +743,9 @@ impl RegistryClient {
         } else {
             registry
         };
-        let scheme = if self.is_insecure(registry) {
-            "http"
-        } else {
-            "https"
-        };
-        let url = format!("{scheme}://{host}/v2/");
-        let http = match self.inner.http.get() {
-            Some(http) => http,
-            None => {
-                let made = reqwest::Client::builder()
-                    .user_agent(USER_AGENT)
-                    .connect_timeout(self.inner.config.connect_timeout)
-                    .read_timeout(self.inner.config.read_timeout)
-                    .build()
-                    .map_err(|e| transport("create HTTP client for", "registries", e))?;
-                self.inner.http.get_or_init(|| made)
-            }
-        };
+        let base = self.api_base(registry, host)?;
+        let url = format!("{base}v2/");
+        let http = self.http()?;
         let send = |req: reqwest::RequestBuilder| async move {
             req.send().await.map_err(|e| failed(error_chain(&e)))
         };
@@ -704,30 +761,14 @@ impl RegistryClient {
         if res.status() != reqwest::StatusCode::UNAUTHORIZED {
             return Err(failed(format!("{url} answered {}", res.status())));
         }
-        let challenge = res
-            .headers()
-            .get_all(reqwest::header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let challenges = http_auth::parse_challenges(&challenge)
-            .map_err(|e| failed(format!("unreadable WWW-Authenticate {challenge:?}: {e}")))?;
-        let param = |c: &http_auth::ChallengeRef<'_>, name: &str| {
-            c.params
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.to_unescaped())
-        };
-
-        if let Some(bearer) = challenges
-            .iter()
-            .find(|c| c.scheme.eq_ignore_ascii_case("bearer"))
-        {
-            let realm =
-                param(bearer, "realm").ok_or_else(|| failed("Bearer challenge without realm".to_owned()))?;
+        if let Some((realm, service)) = bearer_challenge(res.headers()).map_err(failed)? {
+            realm_may_have_credentials(&base, &realm).map_err(|why| Error::UntrustedRealm {
+                registry: registry.to_owned(),
+                realm: realm.clone(),
+                why,
+            })?;
             let mut query = vec![("account", username.to_owned())];
-            if let Some(service) = param(bearer, "service") {
+            if let Some(service) = service {
                 query.push(("service", service));
             }
             let mut token_url =
@@ -744,7 +785,10 @@ impl RegistryClient {
                 s => Err(failed(format!("token service {realm} answered {s}"))),
             };
         }
-        if challenges.iter().any(|c| c.scheme.eq_ignore_ascii_case("basic")) {
+        if www_authenticate(res.headers())
+            .to_ascii_lowercase()
+            .contains("basic")
+        {
             let res = send(http.get(&url).basic_auth(username, Some(password))).await?;
             return match res.status() {
                 s if s.is_success() => Ok(()),
@@ -754,7 +798,82 @@ impl RegistryClient {
                 s => Err(failed(format!("{url} answered {s}"))),
             };
         }
+        let challenge = www_authenticate(res.headers());
         Err(failed(format!("unsupported authentication scheme {challenge:?}")))
+    }
+}
+
+fn www_authenticate(headers: &reqwest::header::HeaderMap) -> String {
+    headers
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `realm` and `service` of a Bearer challenge, if the registry sent one.
+fn bearer_challenge(
+    headers: &reqwest::header::HeaderMap,
+) -> Result<Option<(String, Option<String>)>, String> {
+    let challenge = www_authenticate(headers);
+    let challenges = http_auth::parse_challenges(&challenge)
+        .map_err(|e| format!("unreadable WWW-Authenticate {challenge:?}: {e}"))?;
+    let Some(bearer) = challenges
+        .iter()
+        .find(|c| c.scheme.eq_ignore_ascii_case("bearer"))
+    else {
+        return Ok(None);
+    };
+    let param = |name: &str| {
+        bearer
+            .params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.to_unescaped())
+    };
+    let realm = param("realm").ok_or("Bearer challenge without realm")?;
+    Ok(Some((realm, param("service"))))
+}
+
+/// Where a registry may have its credentials sent for a token: to itself, or over https to a host of its
+/// own domain (Docker Hub's registry-1.docker.io sends them to auth.docker.io, GitLab's registry.gitlab.com
+/// to gitlab.com). Never over plain http to anyone else: whoever can change a challenge on the way could
+/// name their own host.
+fn realm_may_have_credentials(registry: &reqwest::Url, realm: &str) -> Result<(), String> {
+    let realm = reqwest::Url::parse(realm).map_err(|e| format!("which is not a URL ({e})"))?;
+    let origin = |u: &reqwest::Url| {
+        (
+            u.scheme().to_owned(),
+            u.host_str().map(str::to_owned),
+            u.port_or_known_default(),
+        )
+    };
+    if origin(&realm) == origin(registry) {
+        return Ok(());
+    }
+    if realm.scheme() != "https" {
+        return Err("another address, over plain http".to_owned());
+    }
+    let (Some(theirs), Some(ours)) = (realm.host_str(), registry.host_str()) else {
+        return Err("which has no host".to_owned());
+    };
+    // A domain of at least two labels, not a bare TLD, and never for IP addresses.
+    let domain = |host: &str| -> Option<String> {
+        if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
+            return None;
+        }
+        let (_, parent) = host.split_once('.')?;
+        parent.contains('.').then(|| parent.to_ascii_lowercase())
+    };
+    let ours_lower = ours.to_ascii_lowercase();
+    let theirs_lower = theirs.to_ascii_lowercase();
+    let same_domain = theirs_lower == ours_lower
+        || domain(ours).is_some_and(|d| d == theirs_lower || domain(theirs).is_some_and(|t| t == d));
+    if same_domain {
+        Ok(())
+    } else {
+        Err(format!("a host outside {ours}'s domain"))
     }
 }
 
@@ -949,6 +1068,44 @@ fn read_verified(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn credentials_go_to_the_registry_or_its_own_domain_over_https() {
+        let base = |u: &str| reqwest::Url::parse(u).unwrap();
+        let hub = base("https://index.docker.io/");
+        for realm in [
+            "https://auth.docker.io/token",
+            "https://index.docker.io/token",
+            "https://docker.io/token",
+        ] {
+            assert_eq!(realm_may_have_credentials(&hub, realm), Ok(()), "{realm}");
+        }
+        let gitlab = base("https://registry.gitlab.com/");
+        assert_eq!(
+            realm_may_have_credentials(&gitlab, "https://gitlab.com/jwt/auth"),
+            Ok(())
+        );
+        let local = base("http://127.0.0.1:5000/");
+        assert_eq!(
+            realm_may_have_credentials(&local, "http://127.0.0.1:5000/token"),
+            Ok(())
+        );
+        for (registry, realm) in [
+            (&hub, "http://auth.docker.io/token"),
+            (&hub, "https://evil.io/token"),
+            (&hub, "https://docker.io.evil.com/token"),
+            (&gitlab, "https://evil.com/jwt"),
+            (&local, "http://127.0.0.1:5001/token"),
+            (&local, "https://127.0.0.2/token"),
+            (&base("https://a.com/"), "https://b.com/token"),
+        ] {
+            assert!(
+                realm_may_have_credentials(registry, realm).is_err(),
+                "{registry} -> {realm}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

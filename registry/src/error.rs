@@ -104,6 +104,16 @@ pub enum Error {
 
     #[error("login to {registry} failed: {reason}")]
     LoginFailed { registry: String, reason: String },
+
+    #[error(
+        "{registry} asks for its credentials to be sent to {realm}, {why}; kiln sends a registry's \
+         credentials only to that registry or, over https, to a host of its own domain"
+    )]
+    UntrustedRealm {
+        registry: String,
+        realm: String,
+        why: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -150,3 +150,85 @@ async fn login_verifies_and_writes_logout_removes() {
     let err = client.resolve(&r, &amd64()).await.unwrap_err();
     assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
 }
+
+/// A registry whose challenge names a token service elsewhere, over plain http: the credentials stay home.
+#[tokio::test]
+async fn credentials_never_go_to_a_token_realm_on_another_address() {
+    use kiln_testutil::fake::{FakeRegistry, Response};
+    let thief = FakeRegistry::start(|_| Response::ok("{\"token\":\"t\"}"));
+    let realm = format!("http://{}/token", thief.addr());
+    let challenge = format!("Bearer realm=\"{realm}\",service=\"registry\"");
+    let registry =
+        FakeRegistry::start(move |_| Response::status(401, "{}").header("WWW-Authenticate", &challenge));
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("docker");
+    write_config(&cfg, registry.addr(), USER, PASS);
+    let client = client_with(&cfg);
+    let r = reference(&format!("{}/img:latest", registry.addr()));
+    let err = client.resolve(&r, &amd64()).await.unwrap_err();
+    assert!(matches!(err, Error::UntrustedRealm { .. }), "{err:?}");
+    assert!(err.to_string().contains(&realm), "{err}");
+    let err = client.login(registry.addr(), USER, PASS).await.unwrap_err();
+    assert!(matches!(err, Error::UntrustedRealm { .. }), "{err:?}");
+    assert!(
+        thief.requests().is_empty(),
+        "the token service was asked: {:?}",
+        thief.requests()
+    );
+}
+
+/// A registry that redirects a blob to another host (a CDN, or someone else's server): the blob is
+/// fetched, and the registry's credentials are not sent along.
+#[tokio::test]
+async fn a_redirect_to_another_host_carries_no_credentials() {
+    use kiln_testutil::fake::{FakeRegistry, Response};
+    use std::sync::{Arc, Mutex};
+    let data = b"the blob's bytes".to_vec();
+    let seen_elsewhere: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let cdn = {
+        let (seen, data) = (seen_elsewhere.clone(), data.clone());
+        FakeRegistry::start(move |req| {
+            seen.lock()
+                .unwrap()
+                .push(req.header("Authorization").map(str::to_owned));
+            Response::ok(data.clone())
+        })
+    };
+    let location = format!("http://localhost:{}/blob", cdn.addr().rsplit(':').next().unwrap());
+    let seen_home: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let registry = {
+        let seen = seen_home.clone();
+        FakeRegistry::start(move |req| {
+            let Some(auth) = req.header("Authorization") else {
+                return Response::status(401, "{}").header("WWW-Authenticate", "Basic realm=\"fake\"");
+            };
+            if req.path.starts_with("/v2/img/blobs/") {
+                seen.lock().unwrap().push(Some(auth.to_owned()));
+                Response::status(307, "").header("Location", &location)
+            } else {
+                Response::ok("{}").header("Content-Type", "application/json")
+            }
+        })
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("docker");
+    write_config(&cfg, registry.addr(), USER, PASS);
+    let r = reference(&format!("{}/img:latest", registry.addr()));
+    let desc = descriptor(
+        "application/vnd.oci.image.layer.v1.tar",
+        &sha256(&data),
+        data.len() as u64,
+    );
+    let mut out = Vec::new();
+    client_with(&cfg).fetch_blob(&r, &desc, &mut out).await.unwrap();
+    assert_eq!(out, data);
+    assert!(
+        !seen_home.lock().unwrap().is_empty(),
+        "the registry itself got the credentials"
+    );
+    let elsewhere = seen_elsewhere.lock().unwrap().clone();
+    assert!(
+        !elsewhere.is_empty() && elsewhere.iter().all(Option::is_none),
+        "{elsewhere:?}"
+    );
+}
