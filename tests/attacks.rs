@@ -208,3 +208,38 @@ fn secret_values_appear_nowhere_after_the_build() {
         assert_eq!(files_containing(&metadata, value), Vec::<String>::new());
     }
 }
+
+#[test]
+fn an_add_archive_that_would_fill_the_disk_is_refused_with_a_clear_error() {
+    let env = Env::new();
+    let ctx = env.context("bomb", &[("Dockerfile", "FROM busybox\nADD bomb.tar.gz /\n")]);
+    let mut header = tar::Header::new_gnu();
+    header.set_path("zeros").unwrap();
+    header.set_size(1 << 50);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let mut bomb = header.as_bytes().to_vec();
+    bomb.extend(vec![0u8; 4096]);
+    std::fs::write(ctx.join("bomb.tar"), &bomb).unwrap();
+    assert!(
+        Command::new("gzip")
+            .arg(ctx.join("bomb.tar"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = env.build(&ctx, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("zeros") && err.contains("decompression bomb"),
+        "{err}"
+    );
+    // The store is left usable: the next build works.
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nCOPY Dockerfile /\n").unwrap();
+    env.build_ok(&ctx, &[]);
+}

@@ -379,3 +379,32 @@ fn a_damaged_snapshot_is_unpacked_again() {
     let report = s.check().expect("check");
     assert!(report.is_ok() && report.warnings.is_empty(), "{report:?}");
 }
+
+#[test]
+fn an_archive_bigger_than_the_disk_is_refused_before_it_is_written() {
+    let env = Env::new();
+    let s = &env.store;
+    // One file claiming a petabyte: a gzip bomb's shape, without the gigabytes of zeros to make it.
+    let mut header = tar::Header::new_gnu();
+    header.set_path("zeros").expect("path");
+    header.set_size(1 << 50);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(EntryType::Regular);
+    header.set_cksum();
+    let mut bomb = header.as_bytes().to_vec();
+    bomb.extend(vec![0u8; 4096]);
+    let d = s.put_bytes(&gzip(&bomb)).expect("put");
+    let err = s
+        .unpack_layer(&d, GZIP_LAYER)
+        .expect_err("a petabyte does not fit");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("zeros") && msg.contains("decompression bomb"),
+        "{msg}"
+    );
+    env.assert_no_leftovers();
+    assert!(s.list_snapshots().expect("db").is_empty());
+}

@@ -77,6 +77,7 @@ pub fn extract<R: Read>(
         dirs: Vec::new(),
         parent: None,
         size: 0,
+        space: DiskBudget::of(root.fd()),
     };
     for entry in archive.entries().map_err(whole)? {
         let mut entry = entry.map_err(whole)?;
@@ -88,6 +89,63 @@ pub fn extract<R: Read>(
     }
     extractor.finish_dirs()?;
     Ok(Extracted { size: extractor.size })
+}
+
+/// How much an archive may still write: what the destination's filesystem has free, less a reserve that
+/// keeps the machine (and the store's database) working. A decompression bomb is refused with a clear error
+/// when its entries would pass that line, before the disk is full, not after; free space is looked at
+/// again every [`DiskBudget::RECHECK`] bytes, as other writers use the disk too.
+struct DiskBudget {
+    /// Bytes that may still be written before the next look.
+    left: Option<u64>,
+    since_look: u64,
+}
+
+impl DiskBudget {
+    const RECHECK: u64 = 256 << 20;
+    const MAX_RESERVE: u64 = 1 << 30;
+
+    fn of(dir: std::os::fd::BorrowedFd<'_>) -> DiskBudget {
+        DiskBudget {
+            left: Self::usable(dir),
+            since_look: 0,
+        }
+    }
+
+    /// Free bytes less the reserve: 5% of the filesystem, at most 1 GiB. `None` where the filesystem does
+    /// not say.
+    fn usable(dir: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+        let stat = rustix::fs::fstatvfs(dir).ok()?;
+        let total = stat.f_blocks.saturating_mul(stat.f_frsize);
+        if total == 0 {
+            return None;
+        }
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        let reserve = (total / 20).min(Self::MAX_RESERVE);
+        Some(free.saturating_sub(reserve))
+    }
+
+    fn admit(&mut self, dir: std::os::fd::BorrowedFd<'_>, bytes: u64) -> io::Result<()> {
+        if self.since_look >= Self::RECHECK {
+            self.left = Self::usable(dir);
+            self.since_look = 0;
+        }
+        let Some(left) = self.left else {
+            return Ok(());
+        };
+        if bytes > left {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "a {bytes}-byte file does not fit in the {left} bytes this filesystem has left (beyond the \
+                     5% kiln keeps free); a decompression bomb, or a disk to clean up (`kiln prune`)"
+                ),
+            ));
+        }
+        self.left = Some(left - bytes);
+        self.since_look += bytes;
+        Ok(())
+    }
 }
 
 /// Ownership, permission bits, times and xattrs of an entry, from its header and PAX records (as Go's
@@ -113,6 +171,7 @@ struct Extractor<'a> {
     /// an entry could change what a path resolves to.
     parent: Option<(Vec<OsString>, OwnedFd)>,
     size: u64,
+    space: DiskBudget,
 }
 
 impl Extractor<'_> {
@@ -179,6 +238,7 @@ impl Extractor<'_> {
                     OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )?;
+                self.space.admit(self.root.fd(), entry.size())?;
                 let mut file = File::from(fd);
                 io::copy(entry, &mut file)?;
                 self.size += entry.size();
