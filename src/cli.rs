@@ -323,6 +323,10 @@ pub struct PruneArgs {
     /// Do not ask for confirmation
     #[arg(short, long)]
     pub force: bool,
+    /// Prune only what matches: type=cache-mount (buildx: type=exec.cachemount) drops the RUN cache mounts
+    /// no step uses, and nothing else
+    #[arg(long, value_name = "FILTER")]
+    pub filter: Vec<String>,
 }
 
 #[derive(Args, Debug)]

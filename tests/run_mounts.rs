@@ -156,6 +156,45 @@ fn a_cache_mount_is_named_by_its_cleaned_target() {
         "{}",
         common::stdout(&du)
     );
+    let prune = env.kiln(&["prune", "-f", "--filter", "type=cache-mount"]);
+    assert!(prune.status.success(), "{}", stderr(&prune));
+    assert_eq!(
+        common::stdout(&prune).lines().next(),
+        Some("Deleted cache mount: /var/cache/x")
+    );
+    assert!(!common::stdout(&env.kiln(&["du", "-v"])).contains("/var/cache/x"));
+    assert_eq!(
+        cat(&env, "cache-id", "/seen"),
+        "kept\n",
+        "images and their layers stay"
+    );
+    let bad = env.kiln(&["prune", "-f", "--filter", "until=24h"]);
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("type=cache-mount"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
+fn a_new_cache_mount_starts_as_a_copy_of_its_from_source() {
+    let env = Env::new();
+    let dockerfile = "FROM busybox AS seed\n\
+        RUN mkdir -p /deps && echo from-the-stage > /deps/a\n\
+        FROM busybox\n\
+        RUN --mount=type=cache,id=seeded,from=seed,source=/deps,target=/c sh -c 'cat /c/a > /first; echo mine > /c/b'\n\
+        RUN --mount=type=cache,id=seeded,from=seed,source=/deps,target=/c,ro ls /c > /listing\n";
+    let ctx = env.context("cache-from", &[("Dockerfile", dockerfile)]);
+    env.build_ok(&ctx, &["-t", "cache-from"]);
+    assert_eq!(
+        cat(&env, "cache-from", "/first /listing"),
+        "from-the-stage\na\nb\n"
+    );
+    let layer_listing = env.run("cache-from", &["sh", "-c", "test -e /c/a || echo clean"]);
+    assert_eq!(
+        layer_listing, "clean\n",
+        "the cache's contents are not in a layer"
+    );
 }
 
 /// A service on the host's loopback, such as a cloud metadata proxy or a database only for local use.

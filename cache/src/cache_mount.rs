@@ -71,6 +71,18 @@ impl Store {
         sharing: MountSharing,
         owner: Option<MountOwner>,
     ) -> Result<CacheMount> {
+        self.cache_mount_seeded(id, sharing, owner, &|_| Ok(()))
+    }
+
+    /// [`Store::cache_mount`], with `seed` filling a mount that has to be made (`--mount=type=cache,from=`)
+    /// before it is anyone's; an existing mount is used as it is, as BuildKit does.
+    pub fn cache_mount_seeded(
+        &self,
+        id: &str,
+        sharing: MountSharing,
+        owner: Option<MountOwner>,
+        seed: &dyn Fn(&std::path::Path) -> std::io::Result<()>,
+    ) -> Result<CacheMount> {
         let name = Self::cache_mount_name(id);
         let lock_path = self.cache_mount_lock(&name);
         let lock = match sharing {
@@ -80,6 +92,7 @@ impl Store {
                 Some(lock) => lock,
                 None => {
                     let scratch = TempDir::create(self.temp_path("cache-mount"))?;
+                    seed(&scratch.path).ctx(|| format!("seed cache mount {id:?}"))?;
                     set_owner(&scratch, id, owner)?;
                     return Ok(CacheMount {
                         path: scratch.path.clone(),
@@ -91,6 +104,7 @@ impl Store {
         let path = self.cache_mounts_dir().join(&name);
         if !path.is_dir() {
             let fresh = TempDir::create(self.temp_path("cache-mount"))?;
+            seed(&fresh.path).ctx(|| format!("seed cache mount {id:?}"))?;
             self.install_cache_mount(id, fresh, owner)?;
         }
         self.touch_cache_mount(id)?;

@@ -645,6 +645,13 @@ impl Store {
         Ok(report)
     }
 
+    /// `prune --filter type=cache-mount`: only the cache mounts no step uses, nothing else.
+    pub fn prune_cache_mounts_only(&self) -> Result<PruneReport> {
+        let mut report = PruneReport::default();
+        self.prune_cache_mounts(&mut report)?;
+        Ok(report)
+    }
+
     /// Removes every cache mount no step uses: the record first, then the directory, so a crash in between
     /// leaves a directory without a record, which the next use adopts and `check` reports.
     fn prune_cache_mounts(&self, report: &mut PruneReport) -> Result<()> {

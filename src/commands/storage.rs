@@ -10,14 +10,23 @@ use crate::cli::{GlobalArgs, PruneArgs};
 
 pub fn prune(global: &GlobalArgs, args: PruneArgs) -> anyhow::Result<ExitCode> {
     let keep_storage = args.keep_storage.as_deref().map(parse_size).transpose()?;
+    let mut only_cache_mounts = false;
+    for filter in &args.filter {
+        match filter.as_str() {
+            "type=cache-mount" | "type=exec.cachemount" => only_cache_mounts = true,
+            other => anyhow::bail!(
+                "unsupported --filter {other:?}: kiln prune filters by type=cache-mount (or type=exec.cachemount)"
+            ),
+        }
+    }
     let store = open_store(global)?;
     if !args.force {
         print!(
-            "WARNING! This will remove all content no image refers to{}. Are you sure you want to continue? [y/N] ",
-            if args.all {
-                ", and all build cache not in use"
-            } else {
-                ""
+            "WARNING! This will remove {}. Are you sure you want to continue? [y/N] ",
+            match (only_cache_mounts, args.all) {
+                (true, _) => "all cache mounts no step uses",
+                (false, true) => "all content no image refers to, and all build cache not in use",
+                (false, false) => "all content no image refers to",
             }
         );
         std::io::stdout().flush()?;
@@ -27,7 +36,10 @@ pub fn prune(global: &GlobalArgs, args: PruneArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
-    let report = store.prune(args.all, keep_storage)?;
+    let report = match only_cache_mounts {
+        true => store.prune_cache_mounts_only()?,
+        false => store.prune(args.all, keep_storage)?,
+    };
     for key in &report.cache_records {
         println!("Deleted cache record: {key}");
     }

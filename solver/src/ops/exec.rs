@@ -103,10 +103,28 @@ pub(crate) async fn run(
                     CacheSharing::Locked => MountSharing::Exclusive,
                 };
                 inner.seed_cache_mount(id, mount.owner_mode).await?;
+                // `from=`: a mount made now starts as a copy of that filesystem's `source`.
+                let seed_from = match input_of(mount.input).map(|o| &**o) {
+                    Some(Loaded::Dir { path, ignore }) => Some((path.clone(), Some(ignore.clone()))),
+                    Some(Loaded::Layers(layers)) => {
+                        let view = inner.mount_view(idx, layers, false)?;
+                        let path = view.path().to_path_buf();
+                        views.push(view);
+                        Some((path, None))
+                    }
+                    None => None,
+                };
                 let store = inner.store.clone();
-                let (cache_id, owner) = (id.clone(), mount.owner_mode);
+                let (cache_id, owner, selector) = (id.clone(), mount.owner_mode, mount.selector.clone());
                 let cache = joined(
-                    tokio::task::spawn_blocking(move || store.cache_mount(&cache_id, sharing, owner)).await,
+                    tokio::task::spawn_blocking(move || {
+                        let seed = |dir: &std::path::Path| match &seed_from {
+                            Some((root, ignore)) => seed_cache(dir, root, ignore.as_deref(), &selector),
+                            None => Ok(()),
+                        };
+                        store.cache_mount_seeded(&cache_id, sharing, owner, &seed)
+                    })
+                    .await,
                 )?
                 .map_err(|e| inner.step_error(idx, e))?;
                 mounts.push(ExecMount::Bind {
@@ -233,4 +251,34 @@ pub(crate) async fn run(
         return Err(inner.step_failure(idx, failure, tail));
     }
     inner.commit(idx, prepared, &below)
+}
+
+/// Copies `source` (a path in `root`) into a new cache mount `dir` with COPY's engine: inside the root,
+/// `.dockerignore` applied for a context, owners and modes kept.
+fn seed_cache(
+    dir: &std::path::Path,
+    root: &std::path::Path,
+    ignore: Option<&kiln_fsutil::ignore::PatternMatcher>,
+    source: &str,
+) -> std::io::Result<()> {
+    let copy = kiln_llb::Copy {
+        src_input: 0,
+        src: vec![if source.is_empty() {
+            "/".into()
+        } else {
+            source.to_string()
+        }],
+        dest: "/".into(),
+        follow_symlinks: true,
+        dir_contents_only: true,
+        create_dest_path: true,
+        ..kiln_llb::Copy::default()
+    };
+    let env = crate::fileop::FileOpEnv {
+        target: dir,
+        inputs: &[root.to_path_buf()],
+        ignore: &[ignore],
+        timestamp: None,
+    };
+    crate::fileop::apply(&env, &[kiln_llb::FileAction::Copy(copy)]).map_err(std::io::Error::other)
 }
