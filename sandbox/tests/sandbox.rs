@@ -490,6 +490,135 @@ fn a_working_directory_through_a_descriptor_never_leaves_the_rootfs() {
     drop(leaked);
 }
 
+/// The step sees its own processes only, cannot signal the host's, and cannot reach a cgroup's
+/// release_agent (the classic escape of a container that can mount cgroupfs).
+#[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
+fn host_processes_and_cgroups_are_out_of_reach() {
+    let fx = Fixture::new("procs");
+    let host_pid = std::process::id();
+    let script = format!(
+        "ls /proc | grep -c '^[0-9]'; kill -0 {host_pid} 2>/dev/null && echo signalled; \
+         mkdir -p /mnt; mount -t cgroup -o memory cgroup /mnt 2>/dev/null && echo cgroup-v1; \
+         mount -t cgroup2 none /mnt 2>/dev/null && echo cgroup-v2; \
+         for f in /sys/fs/cgroup/release_agent /sys/fs/cgroup/*/release_agent /sys/fs/cgroup/cgroup.procs; do \
+           test -e $f && (echo 1 > $f) 2>/dev/null && echo \"wrote $f\"; done; true"
+    );
+    // `ls` and `grep` are the only processes besides the shell, PID 1.
+    assert_eq!(run(&fx.spec(&script)).stdout, "3\n");
+}
+
+/// runc CVE-2025-31133 and its kin: an image whose mount points are symlinks into /proc cannot make the
+/// sandbox's own mounts land on kernel files, or change anything of the host's.
+#[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
+fn mount_points_swapped_for_symlinks_into_proc_change_nothing_of_the_host() {
+    let fx = Fixture::new("mask-swap");
+    let lower = fx.path("lower");
+    std::os::unix::fs::symlink("/proc/sys/kernel/core_pattern", lower.join("etc/hosts")).unwrap();
+    std::os::unix::fs::symlink("/proc/sys/kernel/hostname", lower.join("etc/hostname")).unwrap();
+    std::os::unix::fs::symlink("/proc/sysrq-trigger", lower.join("etc/resolv.conf")).unwrap();
+    let read = |p: &str| std::fs::read_to_string(p).unwrap();
+    let before = (
+        read("/proc/sys/kernel/core_pattern"),
+        read("/proc/sys/kernel/hostname"),
+    );
+    let out = try_run(&fx.spec(
+        "echo '|/tmp/pwn' > /proc/sys/kernel/core_pattern 2>/dev/null; echo pwned > /etc/hosts 2>/dev/null; \
+         echo c > /etc/resolv.conf 2>/dev/null; cat /proc/kcore 2>/dev/null | wc -c; true",
+    ));
+    if let Ok(out) = out {
+        assert_eq!(out.stdout.trim(), "0", "/proc/kcore stays masked: {}", out.stdout);
+    }
+    let after = (
+        read("/proc/sys/kernel/core_pattern"),
+        read("/proc/sys/kernel/hostname"),
+    );
+    assert_eq!(before, after, "a host kernel setting changed");
+}
+
+/// BuildKit CVE-2024-23652: after the run, the mount-point stubs are cleaned up; a step that swapped a stub
+/// (or its parent) for a symlink to a host directory must not get anything there deleted or truncated.
+#[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
+fn stub_cleanup_never_follows_what_the_step_put_in_place_of_a_stub() {
+    let fx = Fixture::new("stub-swap");
+    let host = fx.path("host-dir");
+    std::fs::create_dir_all(host.join("b")).unwrap();
+    std::fs::write(host.join("b/keep"), "host data\n").unwrap();
+    std::fs::write(host.join("s"), "host file\n").unwrap();
+    let mut spec = fx.spec(&format!(
+        "mv /a /moved-a 2>/dev/null; ln -s {host} /a; mv /f /moved-f 2>/dev/null; ln -s {host} /f; \
+         ln -sf {host}/s /moved-f/s 2>/dev/null; true",
+        host = host.display()
+    ));
+    spec.mounts = vec![
+        ExecMount::Tmpfs {
+            dest: "/a/b".into(),
+            size: None,
+        },
+        ExecMount::File {
+            dest: "/f/s".into(),
+            contents: kiln_solver::executor::SecretBytes(b"secret".to_vec()),
+            uid: 0,
+            gid: 0,
+            mode: 0o400,
+        },
+    ];
+    let _ = try_run(&spec);
+    assert_eq!(
+        std::fs::read_to_string(host.join("b/keep")).unwrap(),
+        "host data\n"
+    );
+    assert_eq!(std::fs::read_to_string(host.join("s")).unwrap(), "host file\n");
+    assert!(host.join("b").is_dir());
+}
+
+/// BuildKit CVE-2024-23651: one step keeps swapping a directory of a shared cache mount for a symlink to a
+/// host directory while another step mounts something there. Mount points are resolved inside the rootfs
+/// one component at a time without following symlinks out, so nothing is ever created on the host.
+#[test]
+#[cfg_attr(kiln_unprivileged, ignore = "needs root: namespaces and overlayfs")]
+fn a_symlink_raced_into_a_shared_cache_mount_creates_nothing_on_the_host() {
+    let fx = Fixture::new("cache-race");
+    let cache = fx.path("cache");
+    let host = fx.path("host-dir");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(&host).unwrap();
+    let shared = |script: &str| {
+        let mut spec = fx.spec(script);
+        spec.mounts = vec![ExecMount::Bind {
+            source: cache.clone(),
+            dest: "/c".into(),
+            readonly: false,
+        }];
+        spec
+    };
+    let racer = shared(&format!(
+        "i=0; while [ $i -lt 400 ]; do rm -rf /c/sub; ln -s {} /c/sub; rm -f /c/sub; mkdir -p /c/sub; i=$((i+1)); done",
+        host.display()
+    ));
+    let racing = std::thread::spawn(move || try_run(&racer));
+    for _ in 0..15 {
+        let mut victim = shared("true");
+        victim.mounts.push(ExecMount::Tmpfs {
+            dest: "/c/sub/deeper".into(),
+            size: None,
+        });
+        let _ = try_run(&victim);
+    }
+    let _ = racing.join();
+    let created: Vec<_> = std::fs::read_dir(&host)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        created.is_empty(),
+        "made on the host through the symlink: {created:?}"
+    );
+}
+
 /// A TCP server that greets every client; counts the connections it accepted.
 struct Greeter {
     addr: std::net::SocketAddr,
