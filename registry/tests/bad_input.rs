@@ -236,3 +236,44 @@ async fn server_errors_and_refused_connections_are_reported() {
     assert!(msg.contains(&r.to_string()), "{msg}");
     assert!(msg.to_lowercase().contains("refused"), "{msg}");
 }
+
+/// An index whose entry for the platform lies about the child manifest's size, or its digest: refused, not
+/// read on with whatever the registry sent.
+#[tokio::test]
+async fn an_index_entry_that_lies_about_its_manifest_is_rejected() {
+    let child = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let child_digest = sha256(child.as_bytes());
+    let index = |digest: &str, size: usize| {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{digest}","size":{size},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#
+        )
+    };
+    let wrong_size = index(&child_digest, child.len() + 1);
+    let other = sha256(b"another manifest");
+    let wrong_digest = index(&other, child.len());
+    let served = child_digest.clone();
+    let fake = registry(move |req| {
+        let index_type = "application/vnd.oci.image.index.v1+json";
+        let path = req.path.as_str();
+        if path == "/v2/img/manifests/size" {
+            Response::ok(wrong_size.clone()).header("Content-Type", index_type)
+        } else if path == "/v2/img/manifests/digest" {
+            Response::ok(wrong_digest.clone()).header("Content-Type", index_type)
+        } else if path.starts_with("/v2/img/manifests/sha256:") {
+            // Whatever digest is asked for, the same bytes: a registry that does not check.
+            Response::ok(child)
+                .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                .header("Docker-Content-Digest", &served)
+        } else {
+            Response::status(404, "")
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let client = client_with(tmp.path());
+    let r = reference(&format!("{}/img:size", fake.addr()));
+    let err = client.resolve(&r, &amd64()).await.unwrap_err();
+    assert!(matches!(err, Error::SizeMismatch { .. }), "{err:?}");
+    let r = reference(&format!("{}/img:digest", fake.addr()));
+    let err = client.resolve(&r, &amd64()).await.unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err:?}");
+}
