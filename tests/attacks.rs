@@ -243,3 +243,95 @@ fn an_add_archive_that_would_fill_the_disk_is_refused_with_a_clear_error() {
     std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nCOPY Dockerfile /\n").unwrap();
     env.build_ok(&ctx, &[]);
 }
+
+#[test]
+fn a_stage_whose_files_are_symlinks_out_gives_copy_nothing_of_the_host() {
+    let env = Env::new();
+    let (outside, text) = sentinel(&env);
+    let dockerfile = format!(
+        "FROM busybox AS stage\nRUN ln -s {dir}/sentinel.txt /l && ln -s {dir} /d && ln -s / /root-link\n\
+         FROM busybox\nCOPY --from=stage /l /got\n",
+        dir = outside.display()
+    );
+    let ctx = env.context("stage-links", &[("Dockerfile", &dockerfile)]);
+    for copy in [
+        "COPY --from=stage /l /got",
+        "COPY --from=stage /d/sentinel.txt /got",
+        &format!(
+            "COPY --from=stage /root-link{}/sentinel.txt /got",
+            outside.display()
+        ),
+    ] {
+        let body = dockerfile.replace("COPY --from=stage /l /got", copy);
+        std::fs::write(ctx.join("Dockerfile"), body).unwrap();
+        let out = env.build(&ctx, &["-t", "stage-links"]);
+        assert!(!stderr(&out).contains(text), "{copy}");
+        if out.status.success() {
+            let seen = env.run("stage-links", &["sh", "-c", "cat /got 2>/dev/null; true"]);
+            assert!(!seen.contains(text), "{copy} copied the host's file");
+        }
+    }
+}
+
+#[test]
+fn a_registry_password_appears_nowhere_but_the_docker_config() {
+    let password = "hunter2-REGISTRY-PASSWORD";
+    let registry = kiln_testutil::Registry::start_with_htpasswd("kiln", password);
+    let env = Env::new();
+    let docker_config = env.work.join("docker-config");
+    let kiln = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write as _;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("--root")
+            .arg(&env.root)
+            .args(args)
+            .env("DOCKER_CONFIG", &docker_config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kiln runs");
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    };
+    let wrong = kiln(
+        &["login", "-u", "kiln", "--password-stdin", registry.addr()],
+        Some("wrong-one"),
+    );
+    assert!(!wrong.status.success());
+    let login = kiln(
+        &["login", "-u", "kiln", "--password-stdin", registry.addr()],
+        Some(password),
+    );
+    assert!(login.status.success(), "{}", stderr(&login));
+    let ctx = env.context(
+        "pushed",
+        &[("Dockerfile", "FROM busybox\nRUN echo built > /built\n")],
+    );
+    let image = format!("{}/pushed:1", registry.addr());
+    let cache = format!("type=registry,ref={}/pushed:cache,mode=max", registry.addr());
+    let build = kiln(
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            &image,
+            "--push",
+            "--cache-to",
+            &cache,
+            ctx.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(build.status.success(), "{}", stderr(&build));
+    let pull = kiln(&["pull", &image], None);
+    assert!(pull.status.success(), "{}", stderr(&pull));
+    for out in [&wrong, &login, &build, &pull] {
+        let shown = format!("{}{}", stdout(out), stderr(out));
+        assert!(!shown.contains(password), "output shows the password: {shown}");
+    }
+    assert_eq!(files_containing(&env.root, password), Vec::<String>::new());
+}
