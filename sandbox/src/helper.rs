@@ -71,7 +71,7 @@ fn run(spec: OwnedFd, status: BorrowedFd<'_>) -> Result<i32, ChildError> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
 
     // Kept until the helper exits: the step's network lives as long as the step.
-    let _uplink = match (&req.spec.network, &req.slirp4netns) {
+    let uplink = match (&req.spec.network, &req.slirp4netns) {
         (Network::Default, Some(slirp4netns)) => Some(net::connect(slirp4netns)?),
         (Network::Default, None) => {
             return Err(ChildError::InvalidSpec(
@@ -107,7 +107,7 @@ fn run(spec: OwnedFd, status: BorrowedFd<'_>) -> Result<i32, ChildError> {
         .map_err(|e| ChildError::errno("blocking signals", e))?;
     // SAFETY: this process is single-threaded: it is the helper, which never starts threads.
     match unsafe { sys::fork() } {
-        Ok(Forked::Child) => init::run(req, status, signals),
+        Ok(Forked::Child) => init::run(req, status, signals, uplink.as_ref()),
         Ok(Forked::Parent(pid1)) => {
             let (code, signal) = relay(pid1, &signals, req.parent_pid);
             if !req.spec.init {

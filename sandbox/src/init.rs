@@ -13,6 +13,7 @@ use rustix::mount::{MountAttrFlags, UnmountFlags};
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 
 use super::exec::{self, Prepared};
+use super::net::Uplink;
 use super::protocol::{self, ChildError, HelperRequest, Report};
 use super::rootpath::{self, Create, Kind, StubRecorder};
 use super::sys::{self, Forked, SignalSet};
@@ -23,11 +24,21 @@ use kiln_fsutil::mount::{self as mounts, FsContext};
 
 /// Runs as PID 1; never returns. With `init`, it reports the command's exit itself (the helper only sees its
 /// own exit code, which cannot tell a signal from `exit 137`).
-pub(crate) fn run(req: HelperRequest, status: BorrowedFd<'_>, signals: SignalSet) -> ! {
+pub(crate) fn run(
+    req: HelperRequest,
+    status: BorrowedFd<'_>,
+    signals: SignalSet,
+    uplink: Option<&Uplink>,
+) -> ! {
     // The helper (our parent, outside the namespace) waits for us, so it is only gone if it was killed; then
     // so must we be, taking the whole namespace with us.
     let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
-    let prepared = match setup(&req, status) {
+    let prepared = match setup(&req, status).and_then(|prepared| {
+        if let Some(uplink) = uplink {
+            uplink.wait_ready()?;
+        }
+        Ok(prepared)
+    }) {
         Ok(prepared) => prepared,
         Err(e) => {
             protocol::send(status, &Report::Error(e));

@@ -6,7 +6,8 @@
 //! needs no address plan that might collide with the host's networks, and with `--disable-host-loopback`
 //! it refuses exactly what a step must not reach: services bound to the host's 127.0.0.1. It runs sandboxed
 //! itself (`--enable-sandbox --enable-seccomp`), so a hostile step's packets meet a confined parser. Its
-//! throughput (MTU 65520) is far beyond what package downloads need; its start costs a few milliseconds.
+//! throughput (MTU 65520) is far beyond what package downloads need; its start (about 4 ms) overlaps the
+//! building of the rootfs, and only the command waits for it.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -15,7 +16,6 @@ use std::path::Path;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::{Errno, FdFlags};
 use rustix::pipe::PipeFlags;
-use rustix::process::{Pid, WaitOptions};
 use rustix::thread::{LinkNameSpaceType, UnshareFlags};
 
 use super::protocol::ChildError;
@@ -30,8 +30,26 @@ const WHAT: &str = "starting the step's network (slirp4netns)";
 /// when the sandbox's processes are gone, however they end.
 pub(crate) struct Uplink {
     _exit_fd: OwnedFd,
-    // Open but unread after the start: a write to a pipe nobody holds would kill slirp4netns with SIGPIPE.
-    _stderr: OwnedFd,
+    // Read only if slirp4netns fails to start; kept open after, as a write to a pipe nobody holds would kill
+    // it with SIGPIPE.
+    stderr: OwnedFd,
+    /// Where slirp4netns says it is ready: waited for only just before the command starts, so that its
+    /// start overlaps the building of the rootfs.
+    ready: OwnedFd,
+}
+
+impl Uplink {
+    /// Waits until the network is up; the error says why it never came up.
+    pub(crate) fn wait_ready(&self) -> Result<(), ChildError> {
+        let mut byte = [0u8; 1];
+        loop {
+            match rustix::io::read(&self.ready, &mut byte) {
+                Ok(1) if byte[0] == b'1' => return Ok(()),
+                Err(Errno::INTR) => {}
+                Ok(_) | Err(_) => return Err(failed(&self.stderr)),
+            }
+        }
+    }
 }
 
 /// Moves the calling process into a new network namespace with loopback up, and connects it to the host's
@@ -76,7 +94,7 @@ pub(crate) fn connect(slirp4netns: &Path) -> Result<Uplink, ChildError> {
     .collect();
 
     // SAFETY: the helper is single-threaded.
-    let child = match unsafe { sys::fork() }.map_err(|e| errno("fork", e))? {
+    match unsafe { sys::fork() }.map_err(|e| errno("fork", e))? {
         Forked::Child => {
             // slirp4netns serves the namespace from the host's side; its chatter must not reach the step's
             // output, which is this process's stdout and stderr.
@@ -96,30 +114,18 @@ pub(crate) fn connect(slirp4netns: &Path) -> Result<Uplink, ChildError> {
             // SAFETY: _exit in a forked child, without running the parent's atexit handlers.
             unsafe { libc::_exit(127) }
         }
-        Forked::Parent(pid) => pid,
-    };
-    drop((ready_w, exit_r, stderr_w));
-    let mut byte = [0u8; 1];
-    let ready = loop {
-        match rustix::io::read(&ready_r, &mut byte) {
-            Ok(1) => break byte[0] == b'1',
-            Ok(_) => break false,
-            Err(Errno::INTR) => {}
-            Err(_) => break false,
-        }
-    };
-    if !ready {
-        return Err(failed(child, &stderr_r));
+        Forked::Parent(_) => {}
     }
+    drop((ready_w, exit_r, stderr_w));
     Ok(Uplink {
         _exit_fd: exit_w,
-        _stderr: stderr_r,
+        stderr: stderr_r,
+        ready: ready_r,
     })
 }
 
-/// slirp4netns quit before it was ready: its exit and its last words say why.
-fn failed(child: Pid, stderr: &OwnedFd) -> ChildError {
-    let status = rustix::process::waitpid(Some(child), WaitOptions::empty());
+/// slirp4netns quit before it was ready: its last words say why.
+fn failed(stderr: &OwnedFd) -> ChildError {
     let mut said = Vec::new();
     let mut buf = [0u8; 1024];
     while said.len() < 4096 {
@@ -131,21 +137,9 @@ fn failed(child: Pid, stderr: &OwnedFd) -> ChildError {
         }
     }
     let said = String::from_utf8_lossy(&said);
-    let last = said.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-    let exit = match status {
-        Ok(Some((_, s))) if s.exit_status() == Some(127) && last.is_empty() => {
-            "it could not be started".to_string()
-        }
-        Ok(Some((_, s))) => match s.exit_status() {
-            Some(code) => format!("it exited with status {code}"),
-            None => "it was killed".to_string(),
-        },
-        _ => "it quit".to_string(),
-    };
-    let message = if last.is_empty() {
-        exit
-    } else {
-        format!("{exit}: {last}")
+    let message = match said.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(last) => format!("it quit: {last}"),
+        None => "it quit before it was ready (could it be started?)".to_string(),
     };
     ChildError::setup(WHAT, format!("{message}; RUN --network=none needs no network"))
 }
