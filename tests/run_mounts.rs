@@ -64,6 +64,22 @@ fn bind_mounts_of_the_context_hide_ignored_files_and_never_write_to_it() {
         "mounts go in by target, a directory before what is mounted inside it"
     );
 
+    // A writable single file is a copy; the directories above hidden files keep their own owner and mode.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(ctx.join("logs"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dockerfile = "FROM busybox\n\
+        RUN --mount=type=bind,source=a.txt,target=/f,rw sh -c 'echo more >> /f && cat /f' > /file-rw\n\
+        USER 1000\n\
+        RUN --mount=type=bind,target=/ctx,rw sh -c 'stat -c %a /ctx/logs; touch /ctx/logs/new && echo wrote' > /tmp/meta\n";
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    env.build_ok(&ctx, &["-t", "bind"]);
+    assert_eq!(
+        cat(&env, "bind", "/file-rw /tmp/meta"),
+        "original\nmore\n777\nwrote\n"
+    );
+    assert_eq!(std::fs::read_to_string(ctx.join("a.txt")).unwrap(), "original\n");
+    assert!(!ctx.join("logs/new").exists());
+
     // An ignored file is not in the context for a mount's source either, nor behind a symlink to it.
     std::os::unix::fs::symlink("secret.txt", ctx.join("link")).unwrap();
     for source in ["secret.txt", "link", "logs/x.log"] {
@@ -83,7 +99,7 @@ fn bind_mounts_of_the_context_hide_ignored_files_and_never_write_to_it() {
 #[test]
 fn secrets_as_files_and_variables_stay_out_of_the_image_and_the_key() {
     let env = Env::new();
-    let dockerfile = "FROM busybox\n\
+    let dockerfile = "FROM busybox\nENV TOKEN=placeholder\n\
         RUN --mount=type=secret,id=token,env=TOKEN sh -c 'printf %s \"$TOKEN\" | wc -c > /env-len; \
             ls /run/secrets 2>/dev/null | wc -l > /files'\n\
         RUN --mount=type=secret,source=token,target=/s/tok,mode=0440,uid=1,gid=2 stat -c '%a %u %g %s' /s/tok > /tok\n\
@@ -366,7 +382,8 @@ fn ssh_mounts_reach_a_forwarded_agent_and_keys_served_from_memory() {
         RUN --mount=type=ssh sh -c 'echo $SSH_AUTH_SOCK; ssh-add -l' > /forwarded\n\
         RUN --mount=type=ssh,id=deploy,uid=1000,mode=0600 sh -c 'stat -c \"%u %a\" $SSH_AUTH_SOCK; ssh-add -l; \
             ssh-add -T /keys/deploy.pub && ssh-add -T /keys/legacy.pub && echo signed' > /served\n\
-        RUN --mount=type=ssh,id=deploy,target=/agent --mount=type=ssh,id=default sh -c 'echo $SSH_AUTH_SOCK; ls /run/buildkit' > /two\n";
+        RUN --mount=type=ssh,id=deploy,target=/agent --mount=type=ssh,id=default sh -c 'echo $SSH_AUTH_SOCK; ls /run/buildkit' > /two\n\
+        RUN --mount=type=ssh sh -c 'ssh-add -D; ssh-add -x </dev/null; true'\n";
     let ctx = context_with_ssh_add(&env, "ssh", dockerfile);
     std::fs::create_dir_all(ctx.join("keys")).unwrap();
     for key in ["deploy", "legacy"] {
@@ -406,6 +423,14 @@ fn ssh_mounts_reach_a_forwarded_agent_and_keys_served_from_memory() {
         "clean\n",
         "mount points do not stay in the image"
     );
+
+    // The step could neither empty nor lock the user's agent.
+    let listed = Command::new("ssh-add")
+        .arg("-l")
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .output()
+        .unwrap();
+    assert_eq!(common::stdout(&listed).trim(), forwarded, "{}", stderr(&listed));
 
     let required = env.context(
         "ssh-required",

@@ -1,8 +1,8 @@
 //! `kiln build --ssh`: the agents `RUN --mount=type=ssh` steps talk to. A step never gets a key, only a
 //! socket of its own for the step's life: relayed to the user's agent (`--ssh default=$SSH_AUTH_SOCK`), or
 //! answered by kiln itself from key files read into memory (`--ssh deploy=~/.ssh/id_ed25519`), as BuildKit's
-//! ssh provider does. kiln's agent only lists its keys and signs with them (the two requests ssh and git
-//! make); everything else an agent can be asked is refused.
+//! ssh provider does. Either way a step can only list keys and sign with them (the two requests ssh and git
+//! make); everything else an agent can be asked — add, remove, lock — is refused, the relay included.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -10,7 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use kiln_solver::executor::{SshAgent, SshSocket};
 use ssh_key::private::KeypairData;
@@ -108,23 +108,51 @@ struct Relay {
 impl SshAgent for Relay {
     fn socket(&self, owner: (u32, u32, u32)) -> std::io::Result<SshSocket> {
         let upstream = self.upstream.clone();
-        serve(owner, move |client| {
-            let Ok(agent) = UnixStream::connect(&upstream) else {
-                return;
-            };
-            let (Ok(mut client_in), Ok(mut agent_out)) = (client.try_clone(), agent.try_clone()) else {
-                return;
-            };
-            let (mut client_out, mut agent_in) = (client, agent);
-            let back = std::thread::spawn(move || {
-                let _ = std::io::copy(&mut agent_in, &mut client_out);
-                let _ = client_out.shutdown(std::net::Shutdown::Write);
-            });
-            let _ = std::io::copy(&mut client_in, &mut agent_out);
-            let _ = agent_out.shutdown(std::net::Shutdown::Write);
-            let _ = back.join();
-        })
+        serve(owner, move |client| relay(&upstream, client))
     }
+}
+
+/// Passes a step's requests to the user's agent one message at a time, only the two kiln's own agent answers:
+/// a step must not remove, add or lock the user's keys.
+fn relay(upstream: &Path, mut client: UnixStream) {
+    let Ok(mut agent) = UnixStream::connect(upstream) else {
+        return;
+    };
+    while let Some(request) = read_message(&mut client) {
+        let reply = match request.first() {
+            Some(&(REQUEST_IDENTITIES | SIGN_REQUEST)) => {
+                if write_message(&mut agent, &request).is_err() {
+                    return;
+                }
+                match read_message(&mut agent) {
+                    Some(reply) => reply,
+                    None => return,
+                }
+            }
+            _ => vec![FAILURE],
+        };
+        if write_message(&mut client, &reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn read_message(stream: &mut UnixStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).ok()?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > MAX_MESSAGE {
+        return None;
+    }
+    let mut message = vec![0u8; len];
+    stream.read_exact(&mut message).ok()?;
+    Some(message)
+}
+
+fn write_message(stream: &mut UnixStream, message: &[u8]) -> std::io::Result<()> {
+    let mut framed = (message.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(message);
+    stream.write_all(&framed)
 }
 
 /// Answers from keys held in memory.
@@ -155,29 +183,17 @@ const RSA_SHA2_256: u32 = 2;
 const RSA_SHA2_512: u32 = 4;
 /// No request of the two kiln answers comes near this; a longer one is an attack on the agent.
 const MAX_MESSAGE: usize = 256 << 10;
+/// Connections one step's socket serves at once (ssh and git use one or two).
+const MAX_CONNECTIONS: usize = 16;
 
 fn answer(keys: &[PrivateKey], mut stream: UnixStream) {
-    loop {
-        let mut len = [0u8; 4];
-        if stream.read_exact(&mut len).is_err() {
-            return;
-        }
-        let len = u32::from_be_bytes(len) as usize;
-        if len == 0 || len > MAX_MESSAGE {
-            return;
-        }
-        let mut message = vec![0u8; len];
-        if stream.read_exact(&mut message).is_err() {
-            return;
-        }
+    while let Some(message) = read_message(&mut stream) {
         let reply = match message[0] {
             REQUEST_IDENTITIES => identities(keys),
             SIGN_REQUEST => sign(keys, &message[1..]).unwrap_or_else(|| vec![FAILURE]),
             _ => vec![FAILURE],
         };
-        let mut framed = (reply.len() as u32).to_be_bytes().to_vec();
-        framed.extend(reply);
-        if stream.write_all(&framed).is_err() {
+        if write_message(&mut stream, &reply).is_err() {
             return;
         }
     }
@@ -295,15 +311,23 @@ fn serve(
     std::fs::set_permissions(&serving.path, std::fs::Permissions::from_mode(mode))?;
     let stopped = serving.stopped.clone();
     let handle = Arc::new(handle);
+    let open = Arc::new(AtomicUsize::new(0));
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             if stopped.load(Ordering::SeqCst) {
                 break;
             }
-            if let Ok(conn) = conn {
-                let handle = handle.clone();
-                std::thread::spawn(move || handle(conn));
+            let Ok(conn) = conn else { continue };
+            // A step that opens connections without end must not use up kiln's threads and descriptors.
+            if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                open.fetch_sub(1, Ordering::SeqCst);
+                continue;
             }
+            let (handle, open) = (handle.clone(), open.clone());
+            std::thread::spawn(move || {
+                handle(conn);
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
         }
     });
     Ok(SshSocket {

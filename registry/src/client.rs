@@ -254,8 +254,17 @@ impl RegistryClient {
         if res.status() != reqwest::StatusCode::UNAUTHORIZED {
             return Ok(());
         }
-        let Ok(Some((realm, _))) = bearer_challenge(res.headers()) else {
-            return Ok(());
+        // Fail closed: a challenge kiln cannot read is one oci-client might still follow somewhere.
+        let realm = match bearer_challenge(res.headers()) {
+            Ok(Some((realm, _))) => realm,
+            Ok(None) => return Ok(()),
+            Err(why) => {
+                return Err(Error::UntrustedRealm {
+                    registry: registry.to_owned(),
+                    realm: "an unreadable challenge".to_owned(),
+                    why,
+                });
+            }
         };
         realm_may_have_credentials(&base, &realm).map_err(|why| Error::UntrustedRealm {
             registry: registry.to_owned(),
@@ -864,7 +873,10 @@ fn realm_may_have_credentials(registry: &reqwest::Url, realm: &str) -> Result<()
             return None;
         }
         let (_, parent) = host.split_once('.')?;
-        parent.contains('.').then(|| parent.to_ascii_lowercase())
+        let labels: Vec<&str> = parent.split('.').collect();
+        // Without a public-suffix list: `co.uk`, `com.au` and the like are nobody's domain.
+        let public_suffix = labels.len() == 2 && labels[1].len() == 2 && labels[0].len() <= 3;
+        (labels.len() >= 2 && !public_suffix).then(|| parent.to_ascii_lowercase())
     };
     let ours_lower = ours.to_ascii_lowercase();
     let theirs_lower = theirs.to_ascii_lowercase();
@@ -1080,6 +1092,11 @@ mod tests {
         ] {
             assert_eq!(realm_may_have_credentials(&hub, realm), Ok(()), "{realm}");
         }
+        let shop = base("https://registry.shop.co.uk/");
+        assert_eq!(
+            realm_may_have_credentials(&shop, "https://auth.shop.co.uk/token"),
+            Ok(())
+        );
         let gitlab = base("https://registry.gitlab.com/");
         assert_eq!(
             realm_may_have_credentials(&gitlab, "https://gitlab.com/jwt/auth"),
@@ -1098,6 +1115,10 @@ mod tests {
             (&local, "http://127.0.0.1:5001/token"),
             (&local, "https://127.0.0.2/token"),
             (&base("https://a.com/"), "https://b.com/token"),
+            (
+                &base("https://registry.shop.co.uk/"),
+                "https://auth.evil.co.uk/token",
+            ),
         ] {
             assert!(
                 realm_may_have_credentials(registry, realm).is_err(),

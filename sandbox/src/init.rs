@@ -447,7 +447,12 @@ impl Prepared {
                 .collect::<Result<_, _>>()?,
             envp: env
                 .iter()
-                .map(|e| c(e, "an environment entry"))
+                .map(|e| {
+                    CString::new(e.as_str()).map_err(|_| {
+                        let name = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+                        ChildError::InvalidSpec(format!("the value of {name:?} contains a NUL byte"))
+                    })
+                })
                 .collect::<Result<_, _>>()?,
             program: program.clone(),
             search_path,

@@ -25,6 +25,8 @@ use super::sys::{self, Forked};
 pub(crate) const DNS_FORWARDER: &str = "10.0.2.3";
 
 const WHAT: &str = "starting the step's network (slirp4netns)";
+/// It is ready in milliseconds; this only keeps a wedged one from hanging the step.
+const READY_TIMEOUT_SECS: i64 = 30;
 
 /// Keeps slirp4netns serving the namespace: it exits when the last copy of this descriptor closes, that is
 /// when the sandbox's processes are gone, however they end.
@@ -41,8 +43,27 @@ pub(crate) struct Uplink {
 impl Uplink {
     /// Waits until the network is up; the error says why it never came up.
     pub(crate) fn wait_ready(&self) -> Result<(), ChildError> {
+        use rustix::event::{PollFd, PollFlags, Timespec};
         let mut byte = [0u8; 1];
         loop {
+            let mut fds = [PollFd::new(&self.ready, PollFlags::IN)];
+            let limit = Timespec {
+                tv_sec: READY_TIMEOUT_SECS,
+                tv_nsec: 0,
+            };
+            match rustix::event::poll(&mut fds, Some(&limit)) {
+                Ok(0) => {
+                    return Err(ChildError::setup(
+                        WHAT,
+                        format!(
+                            "it was not ready after {READY_TIMEOUT_SECS} s; RUN --network=none needs no network"
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(ChildError::errno(WHAT, e)),
+            }
             match rustix::io::read(&self.ready, &mut byte) {
                 Ok(1) if byte[0] == b'1' => return Ok(()),
                 Err(Errno::INTR) => {}
@@ -98,11 +119,15 @@ pub(crate) fn connect(slirp4netns: &Path) -> Result<Uplink, ChildError> {
         Forked::Child => {
             // slirp4netns serves the namespace from the host's side; its chatter must not reach the step's
             // output, which is this process's stdout and stderr.
-            let ok = rustix::thread::move_into_link_name_space(
-                host_netns.as_fd(),
-                Some(LinkNameSpaceType::Network),
-            )
-            .is_ok()
+            // Its own session: a terminal's Ctrl-C, Ctrl-Z or hangup (`kiln run`) is for the command, not for
+            // the network under it. Its stderr never blocks it: only its start-up words are read.
+            let ok = rustix::process::setsid().is_ok()
+                && rustix::fs::fcntl_setfl(&stderr_w, rustix::fs::OFlags::NONBLOCK).is_ok()
+                && rustix::thread::move_into_link_name_space(
+                    host_netns.as_fd(),
+                    Some(LinkNameSpaceType::Network),
+                )
+                .is_ok()
                 && rustix::stdio::dup2_stdin(&devnull).is_ok()
                 && rustix::stdio::dup2_stdout(&devnull).is_ok()
                 && rustix::stdio::dup2_stderr(&stderr_w).is_ok()

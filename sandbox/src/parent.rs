@@ -301,13 +301,16 @@ fn validate(spec: &ExecSpec) -> Result<(), SandboxError> {
     if spec.args.is_empty() {
         return invalid("no command given".into());
     }
-    let texts = spec
-        .args
-        .iter()
-        .chain(&spec.env)
-        .chain([&spec.cwd, &spec.user, &spec.hostname]);
+    let texts = spec.args.iter().chain([&spec.cwd, &spec.user, &spec.hostname]);
     if let Some(t) = texts.into_iter().find(|t| t.contains('\0')) {
         return invalid(format!("{t:?} contains a NUL byte"));
+    }
+    // By name only: an environment value may be a secret.
+    if let Some(e) = spec.env.iter().find(|e| e.contains('\0')) {
+        let name = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+        return invalid(format!(
+            "the value of the environment variable {name:?} contains a NUL byte"
+        ));
     }
     for (what, dir) in [("upper dir", &spec.upper_dir), ("work dir", &spec.work_dir)] {
         if !dir.is_absolute() || !dir.is_dir() {
@@ -403,17 +406,18 @@ fn slirp4netns() -> Result<PathBuf, SandboxError> {
 /// nameserver is left, slirp4netns's forwarder (which reaches them) stands in, or public ones without it.
 fn resolv_conf(network: Network) -> String {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let is_loopback_server = |line: &str| {
+    // In a namespace of its own the step has no host loopback, and no IPv6 (slirp4netns runs without it).
+    let unreachable_server = |line: &str| {
         let mut words = line.split_whitespace();
         words.next() == Some("nameserver")
             && words
                 .next()
                 .and_then(|ip| ip.parse::<IpAddr>().ok())
-                .is_some_and(|ip| ip.is_loopback())
+                .is_some_and(|ip| ip.is_loopback() || (network == Network::Default && ip.is_ipv6()))
     };
     let mut text: String = host
         .lines()
-        .filter(|l| network == Network::Host || !is_loopback_server(l))
+        .filter(|l| network == Network::Host || !unreachable_server(l))
         .map(|l| format!("{l}\n"))
         .collect();
     if !text

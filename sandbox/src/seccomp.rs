@@ -46,9 +46,10 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 /// CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET: what docker refuses in `clone`
 /// without CAP_SYS_ADMIN.
 const CLONE_NAMESPACES: u32 = 0x7e02_0000;
-/// `personality` values docker allows: PER_LINUX, UNAME26, ADDR_NO_RANDOMIZE (and both), and the query.
+/// `personality` values docker allows: PER_LINUX, PER_LINUX32, UNAME26, UNAME26|PER_LINUX32, and the query.
 const PERSONALITIES: [u32; 5] = [0, 8, 0x0002_0000, 0x0002_0008, 0xffff_ffff];
-/// AF_ALG and AF_VSOCK: a kernel crypto interface and the hypervisor's sockets, refused by docker.
+/// AF_ALG and AF_VSOCK: a kernel crypto interface and the hypervisor's sockets, both refused by docker's
+/// current profile (moby/profiles; docker 26's still allowed AF_ALG, whose kernel side keeps having holes).
 const SOCKET_FAMILIES: [u32; 2] = [38, 40];
 /// TIOCSTI and TIOCLINUX: typing into, or reading, a terminal the command shares with the user (`kiln run`),
 /// so that what a container typed runs in the user's shell once it exits.
@@ -101,7 +102,7 @@ const EPERM: Action = Action::Refuse(libc::EPERM);
 
 /// The calls of the generic table (numbers 425 and up are the same on every architecture).
 fn common_rules() -> Vec<(u32, Action)> {
-    let mut rules = vec![
+    vec![
         // io_uring_setup, io_uring_enter, io_uring_register: a large attack surface docker closed in 2023.
         (425, EPERM),
         (426, EPERM),
@@ -124,13 +125,12 @@ fn common_rules() -> Vec<(u32, Action)> {
         (459, EPERM),
         (460, EPERM),
         (461, EPERM),
-    ];
-    // open_tree_attr, file_getattr, file_setattr, listns and what came after docker's profile.
-    rules.extend((467..=471).map(|nr| (nr, EPERM)));
-    rules
+    ]
 }
 
-const UNKNOWN_FROM: u32 = 472;
+/// The first number newer than docker's profile (open_tree_attr, file_getattr, ... came after it): ENOSYS,
+/// which programs fall back from, where EPERM would fail them.
+const UNKNOWN_FROM: u32 = 467;
 
 /// The kernel's own ABI, by libc's numbers for it.
 fn native() -> Abi {

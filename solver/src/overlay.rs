@@ -7,6 +7,7 @@ use kiln_fsutil::ignore::PatternMatcher;
 use kiln_fsutil::mount::{self as mounts, MountError};
 use rustix::mount::{MountAttrFlags, UnmountFlags, unmount};
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// A mounted tree; unmounted and its mount point removed on drop.
@@ -14,6 +15,8 @@ pub struct MountedTree {
     mount_point: PathBuf,
     /// Scratch upper/work dirs of a writable view, removed with it.
     scratch: Option<PathBuf>,
+    /// What the view shows when it is not the mount point: a file copied into the scratch dir.
+    file: Option<PathBuf>,
 }
 
 impl MountedTree {
@@ -23,6 +26,7 @@ impl MountedTree {
         let mut tree = MountedTree {
             mount_point,
             scratch: None,
+            file: None,
         };
         if writable {
             let scratch = fresh_dir(store, "scratch")?;
@@ -81,7 +85,18 @@ impl MountedTree {
         let mut tree = MountedTree {
             mount_point: fresh_dir(store, "mnt")?,
             scratch: Some(scratch.clone()),
+            file: None,
         };
+        if !source.is_dir() {
+            if !writable {
+                return Ok(None);
+            }
+            // overlayfs layers are directories: a writable file is a copy whose writes go with the step.
+            let copy = scratch.join("file");
+            std::fs::copy(source, &copy)?;
+            tree.file = Some(copy);
+            return Ok(Some(tree));
+        }
         let mask = scratch.join("mask");
         std::fs::create_dir(&mask)?;
         let hidden = hide_ignored(root, source, ignore, &mask)?;
@@ -108,13 +123,14 @@ impl MountedTree {
         let mut tree = MountedTree {
             mount_point: fresh_dir(store, "mnt")?,
             scratch: None,
+            file: None,
         };
         tree.attach_overlay(lower, upper, work)?;
         Ok(tree)
     }
 
     pub fn path(&self) -> &Path {
-        &self.mount_point
+        self.file.as_deref().unwrap_or(&self.mount_point)
     }
 
     fn attach_overlay(&mut self, lower: &[PathBuf], upper: &Path, work: &Path) -> io::Result<()> {
@@ -201,7 +217,48 @@ fn hide_ignored(root: &Path, source: &Path, ignore: &PatternMatcher, mask: &Path
         )?;
         hidden = true;
     }
+    if hidden {
+        mirror_dir_meta(source, mask)?;
+    }
     Ok(hidden)
+}
+
+/// A merged directory shows the owner, mode and times of its top layer: every directory of the mask takes
+/// those of its counterpart in `source`, so a step sees the context's own.
+fn mirror_dir_meta(source: &Path, mask: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for entry in walkdir::WalkDir::new(mask).follow_links(false) {
+        let entry = entry.map_err(io::Error::other)?;
+        if !entry.file_type().is_dir() {
+            continue;
+        }
+        let Ok(rel) = entry.path().strip_prefix(mask) else {
+            continue;
+        };
+        let meta = std::fs::symlink_metadata(source.join(rel))?;
+        std::os::unix::fs::lchown(entry.path(), Some(meta.uid()), Some(meta.gid()))?;
+        std::fs::set_permissions(
+            entry.path(),
+            std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+        )?;
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: meta.atime(),
+                tv_nsec: meta.atime_nsec() as _,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: meta.mtime(),
+                tv_nsec: meta.mtime_nsec() as _,
+            },
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            entry.path(),
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+    }
+    Ok(())
 }
 
 fn mount_error(e: MountError) -> io::Error {

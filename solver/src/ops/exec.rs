@@ -142,12 +142,16 @@ pub(crate) async fn run(
                 Some(contents) => {
                     if let Some(name) = env {
                         // In the command's environment only: never in the op, its key or its history.
-                        let Ok(value) = std::str::from_utf8(&contents.0) else {
+                        let value = std::str::from_utf8(&contents.0)
+                            .ok()
+                            .filter(|v| !v.contains('\0'));
+                        let Some(value) = value else {
                             let what = format!("secret {id:?} as the environment variable {name}");
-                            let error = Arc::new(std::io::Error::other("the secret is not UTF-8 text"));
+                            let why = "the secret is not text without NUL bytes";
+                            let error = Arc::new(std::io::Error::other(why));
                             return Err(inner.step_error(idx, StepFailure::Mount { what, error }));
                         };
-                        secret_env.push(format!("{name}={value}"));
+                        secret_env.push((name.clone(), value.to_string()));
                     }
                     if !mount.dest.is_empty() {
                         let (uid, gid, mode) = mount.owner_mode.unwrap_or(SECRET_OWNER_MODE);
@@ -197,7 +201,7 @@ pub(crate) async fn run(
         upper_dir: prepared.upper.clone(),
         work_dir: prepared.work.clone(),
         args: exec.args.clone(),
-        env: exec.env.iter().cloned().chain(secret_env).collect(),
+        env: with_secret_env(&exec.env, secret_env),
         cwd: exec.cwd.clone(),
         user: exec.user.clone(),
         network: match exec.network {
@@ -251,6 +255,19 @@ pub(crate) async fn run(
         return Err(inner.step_failure(idx, failure, tail));
     }
     inner.commit(idx, prepared, &below)
+}
+
+/// The step's environment with each secret variable in place of any entry of the same name (as BuildKit's
+/// executor replaces it), so an `ENV TOKEN=placeholder` does not shadow the secret.
+fn with_secret_env(env: &[String], secrets: Vec<(String, String)>) -> Vec<String> {
+    let name = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_string();
+    let mut out: Vec<String> = env
+        .iter()
+        .filter(|e| !secrets.iter().any(|(n, _)| *n == name(e)))
+        .cloned()
+        .collect();
+    out.extend(secrets.into_iter().map(|(n, v)| format!("{n}={v}")));
+    out
 }
 
 /// Copies `source` (a path in `root`) into a new cache mount `dir` with COPY's engine: inside the root,
