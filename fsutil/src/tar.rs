@@ -103,7 +103,9 @@ struct DiskBudget {
 
 impl DiskBudget {
     const RECHECK: u64 = 256 << 20;
-    const MAX_RESERVE: u64 = 1 << 30;
+    /// Enough for the store's database and the system to go on; small enough that a nearly full disk still
+    /// takes a small layer.
+    const MAX_RESERVE: u64 = 256 << 20;
 
     fn of(dir: std::os::fd::BorrowedFd<'_>) -> DiskBudget {
         DiskBudget {
@@ -112,7 +114,7 @@ impl DiskBudget {
         }
     }
 
-    /// Free bytes less the reserve: 5% of the filesystem, at most 1 GiB. `None` where the filesystem does
+    /// Free bytes less the reserve: 2% of the filesystem, at most 256 MiB. `None` where the filesystem does
     /// not say.
     fn usable(dir: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
         let stat = rustix::fs::fstatvfs(dir).ok()?;
@@ -121,7 +123,7 @@ impl DiskBudget {
             return None;
         }
         let free = stat.f_bavail.saturating_mul(stat.f_frsize);
-        let reserve = (total / 20).min(Self::MAX_RESERVE);
+        let reserve = (total / 50).min(Self::MAX_RESERVE);
         Some(free.saturating_sub(reserve))
     }
 
@@ -137,8 +139,8 @@ impl DiskBudget {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!(
-                    "a {bytes}-byte file does not fit in the {left} bytes this filesystem has left (beyond the \
-                     5% kiln keeps free); a decompression bomb, or a disk to clean up (`kiln prune`)"
+                    "a {bytes}-byte file does not fit in the {left} bytes this filesystem has left (kiln keeps \
+                     2%, at most 256 MiB, free); a decompression bomb, or a disk to clean up (`kiln prune`)"
                 ),
             ));
         }

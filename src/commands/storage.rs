@@ -96,22 +96,7 @@ pub fn du(global: &GlobalArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         }
         print_table(&records);
         println!();
-        let mut mounts = vec![vec![
-            "CACHE MOUNT".to_owned(),
-            "SIZE".into(),
-            "LAST USED".into(),
-            "IN USE".into(),
-        ]];
-        for mount in &usage.cache_mounts {
-            mounts.push(vec![
-                mount.id.clone(),
-                human_size(mount.size),
-                human_age(mount.last_used, now),
-                if mount.in_use { "yes".into() } else { "no".into() },
-            ]);
-        }
-        print_table(&mounts);
-        println!();
+        print_cache_mounts(&usage, now);
     }
     let total =
         usage.blobs_bytes + usage.snapshots_bytes + usage.cache_mounts_bytes + usage.context_index_bytes;
@@ -146,7 +131,31 @@ pub fn du(global: &GlobalArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         vec!["Reclaimable:".to_owned(), human_size(usage.reclaimable_bytes)],
         vec!["Total:".to_owned(), human_size(total)],
     ]);
+    // Cache mounts are few and named by the Dockerfile: listed even without -v.
+    if !verbose && !usage.cache_mounts.is_empty() {
+        println!();
+        print_cache_mounts(&usage, kiln_image::stored::now_secs());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_cache_mounts(usage: &kiln_cache::DiskUsage, now: u64) {
+    let mut mounts = vec![vec![
+        "CACHE MOUNT".to_owned(),
+        "SIZE".into(),
+        "LAST USED".into(),
+        "IN USE".into(),
+    ]];
+    for mount in &usage.cache_mounts {
+        mounts.push(vec![
+            mount.id.clone(),
+            human_size(mount.size),
+            human_age(mount.last_used, now),
+            if mount.in_use { "yes".into() } else { "no".into() },
+        ]);
+    }
+    print_table(&mounts);
+    println!();
 }
 
 /// A size as docker's `--keep-storage` takes it: a number with an optional unit (`k`, `m`, `g`, `t`, `p`,
