@@ -162,10 +162,16 @@ fn a_cache_mount_is_named_by_its_cleaned_target() {
     let env = Env::new();
     let dockerfile = "FROM busybox\n\
         RUN --mount=type=cache,target=/var/cache/x/ sh -c 'echo kept > /var/cache/x/f'\n\
-        RUN --mount=type=cache,target=/var/cache/x cat /var/cache/x/f > /seen\n";
+        RUN --mount=type=cache,target=/var/cache/x cat /var/cache/x/f > /seen\n\
+        RUN --mount=type=cache,id=/var/cache/x,target=/a,sharing=locked \
+            --mount=type=cache,id=/var/cache/x,target=/b,sharing=locked cat /b/f > /twice\n";
     let ctx = env.context("cache-id", &[("Dockerfile", dockerfile)]);
     env.build_ok(&ctx, &["-t", "cache-id"]);
-    assert_eq!(cat(&env, "cache-id", "/seen"), "kept\n");
+    assert_eq!(
+        cat(&env, "cache-id", "/seen /twice"),
+        "kept\nkept\n",
+        "one cache mounted twice in one step"
+    );
     let du = env.kiln(&["du", "-v"]);
     assert!(
         common::stdout(&du).contains("/var/cache/x"),

@@ -41,6 +41,7 @@ pub(crate) async fn run(
     // What the mounts need lives until the step is over: views of other results, held cache mounts.
     let mut views: Vec<MountedTree> = Vec::new();
     let mut held = Vec::new();
+    let mut held_ids: Vec<(String, std::path::PathBuf)> = Vec::new();
     let mut mounts = Vec::new();
     let mut secret_env = Vec::new();
     // Served until the step is over.
@@ -97,6 +98,16 @@ pub(crate) async fn run(
                 });
             }
             MountKind::Cache { id, sharing } => {
+                // A second mount of the same cache in one step is the same directory: locking it again on
+                // another descriptor would wait for this very step.
+                if let Some((_, path)) = held_ids.iter().find(|(held, _)| held == id) {
+                    mounts.push(ExecMount::Bind {
+                        source: path.clone(),
+                        dest: mount.dest.clone(),
+                        readonly: mount.readonly,
+                    });
+                    continue;
+                }
                 let sharing = match sharing {
                     CacheSharing::Shared => MountSharing::Shared,
                     CacheSharing::Private => MountSharing::Private,
@@ -132,6 +143,7 @@ pub(crate) async fn run(
                     dest: mount.dest.clone(),
                     readonly: mount.readonly,
                 });
+                held_ids.push((id.clone(), cache.path.clone()));
                 held.push(cache);
             }
             MountKind::Tmpfs { size } => mounts.push(ExecMount::Tmpfs {
