@@ -71,6 +71,9 @@ pub enum Command {
     Prune(PruneArgs),
     /// Say why each step the last build ran missed the cache (as `build --explain-cache` does)
     Explain,
+    /// Check the store: every blob's digest, and that everything recorded refers to what exists
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Show disk use
     Du {
         /// Per image and cache record
@@ -342,4 +345,14 @@ pub struct LoginArgs {
     /// Registry [default: docker.io]
     #[arg(value_name = "SERVER")]
     pub server: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Verify the store; exits 0 only when it is sound, with one line per problem otherwise
+    Check {
+        /// Do not read every blob again to check its digest (presence only)
+        #[arg(long)]
+        quick: bool,
+    },
 }

@@ -239,9 +239,34 @@ fn an_add_archive_that_would_fill_the_disk_is_refused_with_a_clear_error() {
         err.contains("zeros") && err.contains("decompression bomb"),
         "{err}"
     );
-    // The store is left usable: the next build works.
+    // The store is left sound and usable: the next build works.
+    let check = env.kiln(&["store", "check"]);
+    assert!(check.status.success(), "{}{}", stdout(&check), stderr(&check));
     std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nCOPY Dockerfile /\n").unwrap();
     env.build_ok(&ctx, &[]);
+
+    // And the check does see damage: a blob whose bytes changed.
+    let blobs = env.root.join("blobs/sha256");
+    let blob = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    std::fs::write(&blob, b"tampered").unwrap();
+    let check = env.kiln(&["store", "check"]);
+    assert!(!check.status.success());
+    assert!(
+        stdout(&check).contains("error: blob sha256:"),
+        "{}",
+        stdout(&check)
+    );
+    let quick = env.kiln(&["store", "check", "--quick"]);
+    assert!(
+        quick.status.success(),
+        "--quick does not read blobs: {}",
+        stdout(&quick)
+    );
 }
 
 #[test]

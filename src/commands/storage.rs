@@ -139,6 +139,35 @@ pub fn du(global: &GlobalArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kiln store check`: one line per problem, errors (content referenced but missing or corrupt) first, then
+/// leftovers a crash can leave (which `kiln prune` removes); sound only with neither.
+pub fn check(global: &GlobalArgs, quick: bool) -> anyhow::Result<ExitCode> {
+    let store = open_store(global)?;
+    let report = store.check_with(!quick)?;
+    for finding in &report.errors {
+        println!("error: {finding}");
+    }
+    for finding in &report.warnings {
+        println!("leftover: {finding}");
+    }
+    if report.errors.is_empty() && report.warnings.is_empty() {
+        eprintln!("The store at {} is sound.", store.root().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "{} problem(s), {} leftover(s) in the store at {}{}",
+        report.errors.len(),
+        report.warnings.len(),
+        store.root().display(),
+        if report.errors.is_empty() {
+            "; `kiln prune` removes the leftovers"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::FAILURE)
+}
+
 fn print_cache_mounts(usage: &kiln_cache::DiskUsage, now: u64) {
     let mut mounts = vec![vec![
         "CACHE MOUNT".to_owned(),
