@@ -352,7 +352,11 @@ pub enum StoreCommand {
     /// Verify the store; exits 0 only when it is sound, with one line per problem otherwise
     Check {
         /// Do not read every blob again to check its digest (presence only)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "repair")]
         quick: bool,
+        /// Remove what is broken (corrupt blobs, names and records that refer to what is gone) and what is
+        /// orphaned or left over, say what went, and check again
+        #[arg(long)]
+        repair: bool,
     },
 }

@@ -267,6 +267,22 @@ fn an_add_archive_that_would_fill_the_disk_is_refused_with_a_clear_error() {
         "--quick does not read blobs: {}",
         stdout(&quick)
     );
+    let repair = env.kiln(&["store", "check", "--repair"]);
+    assert!(repair.status.success(), "{}{}", stdout(&repair), stderr(&repair));
+    assert!(
+        stdout(&repair).contains("removed: corrupt blob sha256:"),
+        "{}",
+        stdout(&repair)
+    );
+    assert!(
+        env.kiln(&["store", "check"]).status.success(),
+        "sound after the repair"
+    );
+    // What the damage took is built (or loaded) again.
+    let layout = env.work.join("busybox-again");
+    kiln_testutil::busybox_oci_layout(&layout, "amd64").unwrap();
+    env.load_as(&layout, "busybox:latest");
+    env.build_ok(&ctx, &[]);
 }
 
 #[test]

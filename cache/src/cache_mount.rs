@@ -211,6 +211,45 @@ impl Store {
     pub(crate) fn claim_cache_mount(&self, name: &str) -> Result<Option<LockGuard>> {
         LockGuard::try_exclusive(&self.cache_mount_lock(name))
     }
+
+    /// For `repair`: a directory without a record (a crash between the two) goes, as does a record whose
+    /// directory is gone; mounts in use are left alone. Says what it removed.
+    pub(crate) fn remove_unrecorded_cache_mounts(&self) -> Result<Vec<String>> {
+        let recorded: Vec<(String, CacheMountRecord)> = self.read(|txn| {
+            let t = txn.open_table(CACHE_MOUNTS)?;
+            crate::meta::all_json(&t, "cache mount")
+        })?;
+        let dir = self.cache_mounts_dir();
+        let mut removed = Vec::new();
+        for (name, record) in &recorded {
+            if !dir.join(name).is_dir() && self.claim_cache_mount(name)?.is_some() {
+                self.write(|txn| {
+                    txn.open_table(CACHE_MOUNTS)?.remove(name.as_str())?;
+                    Ok(())
+                })?;
+                removed.push(format!(
+                    "record of cache mount {:?}, whose directory was gone",
+                    record.id
+                ));
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if recorded.iter().any(|(n, _)| *n == name) {
+                    continue;
+                }
+                let Some(_claimed) = self.claim_cache_mount(&name)? else {
+                    continue;
+                };
+                if let Some(trash) = self.trash_if_present(&entry.path())? {
+                    crate::gc::remove_any(&trash)?;
+                }
+                removed.push(format!("cache-mounts/{name}, a directory without a record"));
+            }
+        }
+        Ok(removed)
+    }
 }
 
 /// A new mount's top directory gets the mount's owner and mode (root's 0755 unless it says).

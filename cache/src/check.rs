@@ -30,6 +30,33 @@ impl fmt::Display for Finding {
 pub struct CheckReport {
     pub errors: Vec<Finding>,
     pub warnings: Vec<Finding>,
+    /// What each error is about, for `repair`.
+    broken: Vec<Broken>,
+}
+
+/// Something an error makes unusable, which a repair removes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Broken {
+    /// A blob file whose content is not its digest.
+    Blob(Digest),
+    /// Blob metadata that disagrees with the files or the index.
+    BlobMeta(String),
+    /// A diff_id → blob index entry.
+    DiffBlob {
+        diff: String,
+        blob: String,
+    },
+    Image(String),
+    Snapshot(String),
+    SnapshotIndex(String),
+    CacheRecord(String),
+}
+
+/// What `repair` did, one line each, and how the store checked afterwards.
+#[derive(Debug, Default)]
+pub struct RepairReport {
+    pub removed: Vec<String>,
+    pub after: CheckReport,
 }
 
 impl CheckReport {
@@ -78,6 +105,7 @@ impl Store {
             let actual = hashing.digest();
             if actual != *digest {
                 report.error(format!("blob {digest}"), format!("content hashes to {actual}"));
+                report.broken.push(Broken::Blob(*digest));
             }
         }
         for (key, meta) in &inv.db.blob_meta {
@@ -86,6 +114,7 @@ impl Store {
                 .is_ok_and(|d| inv.blob_files.contains_key(&d));
             if !present {
                 report.error(format!("blob {key}"), "has metadata but no file");
+                report.broken.push(Broken::BlobMeta(key.clone()));
             }
             let indexed = meta.diff_id.is_none_or(|diff| {
                 let diff = diff.to_string();
@@ -93,6 +122,7 @@ impl Store {
             });
             if !indexed {
                 report.error(format!("blob {key}"), "missing from the diff_id index");
+                report.broken.push(Broken::BlobMeta(key.clone()));
             }
         }
         for (diff, blob) in &inv.db.diff_blobs {
@@ -102,6 +132,10 @@ impl Store {
                     format!("diff_id {diff}"),
                     format!("index names blob {blob}, whose metadata disagrees"),
                 );
+                report.broken.push(Broken::DiffBlob {
+                    diff: diff.clone(),
+                    blob: blob.clone(),
+                });
             }
         }
 
@@ -109,11 +143,17 @@ impl Store {
         for (name, rec) in &images {
             match inv.image_closure(&rec.digest) {
                 Ok(closure) => {
-                    for p in closure.problems {
-                        report.error(format!("image {name}"), p);
+                    for p in &closure.problems {
+                        report.error(format!("image {name}"), p.clone());
+                    }
+                    if !closure.problems.is_empty() {
+                        report.broken.push(Broken::Image(name.clone()));
                     }
                 }
-                Err(e) => report.error(format!("image {name}"), e.to_string()),
+                Err(e) => {
+                    report.error(format!("image {name}"), e.to_string());
+                    report.broken.push(Broken::Image(name.clone()));
+                }
             }
         }
 
@@ -121,6 +161,7 @@ impl Store {
             let subject = format!("snapshot {id}");
             let Ok(sid) = SnapshotId::new(id) else {
                 report.error(subject, "invalid id in the database");
+                report.broken.push(Broken::Snapshot(id.clone()));
                 continue;
             };
             if !self.snapshot_path(&sid).is_dir() {
@@ -128,11 +169,13 @@ impl Store {
                     &subject,
                     format!("directory {} is missing", self.snapshot_path(&sid).display()),
                 );
+                report.broken.push(Broken::Snapshot(id.clone()));
             }
             if let Some(parent) = &rec.parent
                 && !inv.snapshot_size.contains_key(parent)
             {
                 report.error(&subject, format!("parent {parent} has no record"));
+                report.broken.push(Broken::Snapshot(id.clone()));
             }
         }
         for (diff, id) in &inv.db.snapshot_by_diff {
@@ -142,6 +185,7 @@ impl Store {
                     format!("diff_id {diff}"),
                     format!("index names snapshot {id}, whose record disagrees"),
                 );
+                report.broken.push(Broken::SnapshotIndex(diff.clone()));
             }
         }
         for dir in &inv.snapshot_dirs {
@@ -155,7 +199,11 @@ impl Store {
         }
 
         for (key, rec) in &inv.db.cache_records {
-            for p in inv.record_closure(rec).problems {
+            let problems = inv.record_closure(rec).problems;
+            if !problems.is_empty() {
+                report.broken.push(Broken::CacheRecord(key.clone()));
+            }
+            for p in problems {
                 report.error(format!("cache record {key:?}"), p);
             }
         }
@@ -216,5 +264,106 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// Removes what the check finds broken (corrupt blobs, records and names that refer to what is gone or
+    /// corrupt), then what that leaves orphaned and what crashes left over (as `prune` does, keeping the
+    /// build cache that is sound), and checks again. Says what it removed.
+    pub fn repair(&self) -> Result<RepairReport> {
+        use crate::meta::{BLOB_META, DIFF_BLOBS, SNAPSHOT_BY_DIFF, SNAPSHOTS};
+        use redb::ReadableMultimapTable;
+        let mut removed = Vec::new();
+        // Removing one thing can break what refers to it: a few rounds reach the fixed point.
+        for _ in 0..4 {
+            let report = self.check()?;
+            if report.broken.is_empty() {
+                break;
+            }
+            for broken in report.broken {
+                match &broken {
+                    Broken::Blob(digest) => {
+                        let key = digest.to_string();
+                        self.write(|txn| {
+                            txn.open_table(BLOB_META)?.remove(key.as_str())?;
+                            let mut index = txn.open_multimap_table(DIFF_BLOBS)?;
+                            let stale: Vec<String> = index
+                                .iter()?
+                                .filter_map(|entry| entry.ok())
+                                .map(|(diff, _)| diff.value().to_string())
+                                .collect();
+                            for diff in stale {
+                                index.remove(diff.as_str(), key.as_str())?;
+                            }
+                            Ok(())
+                        })?;
+                        if let Some(trash) = self.trash_if_present(&self.blob_path(digest))? {
+                            crate::gc::remove_any(&trash)?;
+                        }
+                        removed.push(format!("corrupt blob {digest}"));
+                    }
+                    Broken::BlobMeta(key) => {
+                        self.write(|txn| {
+                            txn.open_table(BLOB_META)?.remove(key.as_str())?;
+                            Ok(())
+                        })?;
+                        removed.push(format!("metadata of blob {key}"));
+                    }
+                    Broken::DiffBlob { diff, blob } => {
+                        self.write(|txn| {
+                            txn.open_multimap_table(DIFF_BLOBS)?
+                                .remove(diff.as_str(), blob.as_str())?;
+                            Ok(())
+                        })?;
+                        removed.push(format!("index entry {diff} -> {blob}"));
+                    }
+                    Broken::Image(name) => {
+                        self.untag(name)?;
+                        removed.push(format!(
+                            "image {name} (its content is damaged; pull or build it again)"
+                        ));
+                    }
+                    Broken::Snapshot(id) => {
+                        self.write(|txn| {
+                            txn.open_table(SNAPSHOTS)?.remove(id.as_str())?;
+                            Ok(())
+                        })?;
+                        removed.push(format!("record of snapshot {id}"));
+                    }
+                    Broken::SnapshotIndex(diff) => {
+                        self.write(|txn| {
+                            txn.open_table(SNAPSHOT_BY_DIFF)?.remove(diff.as_str())?;
+                            Ok(())
+                        })?;
+                        removed.push(format!("index entry {diff}"));
+                    }
+                    Broken::CacheRecord(key) => {
+                        self.remove_cache_record(key)?;
+                        removed.push(format!("cache record {key}"));
+                    }
+                }
+            }
+        }
+        let pruned = self.prune(false, None)?;
+        removed.extend(pruned.blobs.iter().map(|d| format!("unreferenced blob {d}")));
+        removed.extend(
+            pruned
+                .snapshots
+                .iter()
+                .map(|s| format!("unreferenced snapshot {s}")),
+        );
+        removed.extend(
+            pruned
+                .leases
+                .iter()
+                .map(|l| format!("lease {l} of a process that is gone")),
+        );
+        if pruned.temp_entries > 0 {
+            removed.push(format!("{} leftover temp entries", pruned.temp_entries));
+        }
+        removed.extend(self.remove_unrecorded_cache_mounts()?);
+        Ok(RepairReport {
+            removed,
+            after: self.check()?,
+        })
     }
 }

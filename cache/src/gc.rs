@@ -712,7 +712,7 @@ impl Store {
         Ok(())
     }
 
-    fn trash_if_present(&self, path: &std::path::Path) -> Result<Option<PathBuf>> {
+    pub(crate) fn trash_if_present(&self, path: &std::path::Path) -> Result<Option<PathBuf>> {
         match path.try_exists() {
             Ok(true) => Ok(Some(self.move_to_trash(path)?)),
             Ok(false) => Ok(None),

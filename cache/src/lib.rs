@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 
 pub use blob::{BlobInfo, BlobWriter};
 pub use cache_mount::{CacheMount, MountOwner, MountSharing};
-pub use check::{CheckReport, Finding};
+pub use check::{CheckReport, Finding, RepairReport};
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use fsutil::{Holder, LockGuard, temp_name};

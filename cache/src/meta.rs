@@ -19,16 +19,16 @@ use crate::{Digest, Store};
 type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
 
 /// Image name (a full reference such as `docker.io/library/busybox:latest`) → [`ImageRecord`].
-const IMAGES: JsonTable = TableDefinition::new("images");
+pub(crate) const IMAGES: JsonTable = TableDefinition::new("images");
 /// Blob digest → [`BlobMeta`].
-const BLOB_META: JsonTable = TableDefinition::new("blob_meta");
+pub(crate) const BLOB_META: JsonTable = TableDefinition::new("blob_meta");
 /// diff_id → digests of the blobs that compress it: how an export finds an already-compressed layer.
-const DIFF_BLOBS: MultimapTableDefinition<'static, &'static str, &'static str> =
+pub(crate) const DIFF_BLOBS: MultimapTableDefinition<'static, &'static str, &'static str> =
     MultimapTableDefinition::new("diff_id_blobs");
 /// Snapshot id → [`SnapshotRecord`].
-const SNAPSHOTS: JsonTable = TableDefinition::new("snapshots");
+pub(crate) const SNAPSHOTS: JsonTable = TableDefinition::new("snapshots");
 /// diff_id → id of the snapshot that holds that layer unpacked.
-const SNAPSHOT_BY_DIFF: TableDefinition<'static, &'static str, &'static str> =
+pub(crate) const SNAPSHOT_BY_DIFF: TableDefinition<'static, &'static str, &'static str> =
     TableDefinition::new("snapshot_by_diff_id");
 /// Lease id → [`Lease`].
 const LEASES: JsonTable = TableDefinition::new("leases");
@@ -300,7 +300,7 @@ pub(crate) fn put_json<T: Serialize>(
     Ok(())
 }
 
-fn all_json<T: DeserializeOwned>(
+pub(crate) fn all_json<T: DeserializeOwned>(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     what: &str,
 ) -> TxResult<Vec<(String, T)>> {

@@ -31,7 +31,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Save(args) => archive::save(&cli.global, args),
         Command::Prune(args) => storage::prune(&cli.global, args),
         Command::Du { verbose } => storage::du(&cli.global, verbose),
-        Command::Store(crate::cli::StoreCommand::Check { quick }) => storage::check(&cli.global, quick),
+        Command::Store(crate::cli::StoreCommand::Check { quick, repair }) => {
+            storage::check(&cli.global, quick, repair)
+        }
         Command::Explain => build::explain(&cli.global),
     }
 }

@@ -141,9 +141,17 @@ pub fn du(global: &GlobalArgs, verbose: bool) -> anyhow::Result<ExitCode> {
 
 /// `kiln store check`: one line per problem, errors (content referenced but missing or corrupt) first, then
 /// leftovers a crash can leave (which `kiln prune` removes); sound only with neither.
-pub fn check(global: &GlobalArgs, quick: bool) -> anyhow::Result<ExitCode> {
+pub fn check(global: &GlobalArgs, quick: bool, repair: bool) -> anyhow::Result<ExitCode> {
     let store = open_store(global)?;
-    let report = store.check_with(!quick)?;
+    let report = if repair {
+        let repaired = store.repair()?;
+        for removed in &repaired.removed {
+            println!("removed: {removed}");
+        }
+        repaired.after
+    } else {
+        store.check_with(!quick)?
+    };
     for finding in &report.errors {
         println!("error: {finding}");
     }
