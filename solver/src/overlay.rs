@@ -7,7 +7,6 @@ use kiln_fsutil::ignore::PatternMatcher;
 use kiln_fsutil::mount::{self as mounts, MountError};
 use rustix::mount::{MountAttrFlags, UnmountFlags, unmount};
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// A mounted tree; unmounted and its mount point removed on drop.
@@ -22,18 +21,32 @@ pub struct MountedTree {
 impl MountedTree {
     /// `lower` (top first) merged. Writable views put their writes in a scratch dir that is thrown away.
     pub fn mount(store: &Store, lower: &[PathBuf], writable: bool) -> io::Result<Self> {
-        let mount_point = fresh_dir(store, "mnt")?;
+        Self::mount_owning(store, lower, writable, None)
+    }
+
+    /// [`MountedTree::mount`], owning `scratch` (made already, holding a layer of `lower`) and removing it
+    /// with the view; a writable view's upper and work dirs go there too.
+    fn mount_owning(
+        store: &Store,
+        lower: &[PathBuf],
+        writable: bool,
+        scratch: Option<PathBuf>,
+    ) -> io::Result<Self> {
+        // The tree owns `scratch` before anything can fail, so its drop removes it.
         let mut tree = MountedTree {
-            mount_point,
-            scratch: None,
+            mount_point: PathBuf::new(),
+            scratch,
             file: None,
         };
+        tree.mount_point = fresh_dir(store, "mnt")?;
         if writable {
-            let scratch = fresh_dir(store, "scratch")?;
+            let scratch = match &tree.scratch {
+                Some(scratch) => scratch.clone(),
+                None => tree.scratch.insert(fresh_dir(store, "scratch")?).clone(),
+            };
             let (upper, work) = (scratch.join("upper"), scratch.join("work"));
             std::fs::create_dir(&upper)?;
             std::fs::create_dir(&work)?;
-            tree.scratch = Some(scratch);
             tree.attach_overlay(lower, &upper, &work)?;
         } else {
             match lower {
@@ -81,41 +94,34 @@ impl MountedTree {
                 format!("{rel} is excluded from the context by .dockerignore"),
             ));
         }
-        let scratch = fresh_dir(store, "scratch")?;
-        let mut tree = MountedTree {
-            mount_point: fresh_dir(store, "mnt")?,
-            scratch: Some(scratch.clone()),
-            file: None,
-        };
         if !source.is_dir() {
             if !writable {
                 return Ok(None);
             }
             // overlayfs layers are directories: a writable file is a copy whose writes go with the step.
-            let copy = scratch.join("file");
-            std::fs::copy(source, &copy)?;
-            tree.file = Some(copy);
+            let scratch = fresh_dir(store, "scratch")?;
+            let tree = MountedTree {
+                mount_point: fresh_dir(store, "mnt")?,
+                file: Some(scratch.join("file")),
+                scratch: Some(scratch),
+            };
+            std::fs::copy(source, tree.path())?;
             return Ok(Some(tree));
         }
-        let mask = scratch.join("mask");
-        std::fs::create_dir(&mask)?;
-        let hidden = hide_ignored(root, source, ignore, &mask)?;
-        let lower = if hidden {
-            vec![mask, source.to_path_buf()]
-        } else if writable {
-            vec![source.to_path_buf()]
-        } else {
-            return Ok(None);
-        };
-        if writable {
-            let (upper, work) = (scratch.join("upper"), scratch.join("work"));
-            std::fs::create_dir(&upper)?;
-            std::fs::create_dir(&work)?;
-            tree.attach_overlay(&lower, &upper, &work)?;
-        } else {
-            tree.attach_read_only(&lower)?;
+        let hidden = ignored_entries(root, source, ignore)?;
+        if hidden.is_empty() {
+            return match writable {
+                true => Self::mount_owning(store, &[source.to_path_buf()], true, None).map(Some),
+                false => Ok(None),
+            };
         }
-        Ok(Some(tree))
+        let scratch = fresh_dir(store, "scratch")?;
+        let mask = scratch.join("mask");
+        if let Err(e) = write_mask(source, &hidden, &mask) {
+            let _ = kiln_fsutil::root::remove_path(&scratch);
+            return Err(e);
+        }
+        Self::mount_owning(store, &[mask, source.to_path_buf()], writable, Some(scratch)).map(Some)
     }
 
     /// `lower` (top first) merged with `upper`, whose changes are the result (a file operation's layer).
@@ -175,13 +181,13 @@ pub fn lower_dirs(bottom_to_top: impl DoubleEndedIterator<Item = PathBuf>) -> Ve
         .collect()
 }
 
-/// Puts a whiteout in `mask` for every entry under `source` that `ignore` excludes (a whole directory when
-/// nothing below it can come back); returns whether there was any. Paths are matched relative to `root`.
-fn hide_ignored(root: &Path, source: &Path, ignore: &PatternMatcher, mask: &Path) -> io::Result<bool> {
+/// The entries under `source` that `ignore` excludes, relative to `source`: a whole directory when nothing
+/// below it can come back, else its excluded entries one by one. Paths are matched relative to `root`.
+fn ignored_entries(root: &Path, source: &Path, ignore: &PatternMatcher) -> io::Result<Vec<PathBuf>> {
+    let mut hidden = Vec::new();
     if ignore.patterns().is_empty() {
-        return Ok(false);
+        return Ok(hidden);
     }
-    let mut hidden = false;
     let mut walk = walkdir::WalkDir::new(source)
         .min_depth(1)
         .follow_links(false)
@@ -194,68 +200,52 @@ fn hide_ignored(root: &Path, source: &Path, ignore: &PatternMatcher, mask: &Path
         if !ignore.is_excluded(rel) {
             continue;
         }
-        let Ok(in_mask) = entry.path().strip_prefix(source).map(|r| mask.join(r)) else {
-            continue;
-        };
-        if entry.file_type().is_dir() && !ignore.can_skip_dir(rel) {
-            // Something below may be re-included: the directory stays, its excluded entries go one by one.
-            std::fs::create_dir_all(&in_mask)?;
-            continue;
-        }
         if entry.file_type().is_dir() {
+            if !ignore.can_skip_dir(rel) {
+                continue;
+            }
             walk.skip_current_dir();
         }
-        if let Some(parent) = in_mask.parent() {
-            std::fs::create_dir_all(parent)?;
+        if let Ok(below) = entry.path().strip_prefix(source) {
+            hidden.push(below.to_path_buf());
         }
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &in_mask,
-            rustix::fs::FileType::CharacterDevice,
-            rustix::fs::Mode::empty(),
-            0,
-        )?;
-        hidden = true;
-    }
-    if hidden {
-        mirror_dir_meta(source, mask)?;
     }
     Ok(hidden)
 }
 
-/// A merged directory shows the owner, mode and times of its top layer: every directory of the mask takes
-/// those of its counterpart in `source`, so a step sees the context's own.
-fn mirror_dir_meta(source: &Path, mask: &Path) -> io::Result<()> {
+/// A layer for above `source` with a whiteout for each of `hidden`. A merged directory shows the owner, mode
+/// and times of its top layer, so every directory of the mask takes those of its counterpart in `source`.
+fn write_mask(source: &Path, hidden: &[PathBuf], mask: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
+    std::fs::create_dir(mask)?;
+    for rel in hidden {
+        let whiteout = mask.join(rel);
+        if let Some(parent) = whiteout.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &whiteout,
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            0,
+        )?;
+    }
     for entry in walkdir::WalkDir::new(mask).follow_links(false) {
         let entry = entry.map_err(io::Error::other)?;
-        if !entry.file_type().is_dir() {
-            continue;
-        }
         let Ok(rel) = entry.path().strip_prefix(mask) else {
             continue;
         };
+        if !entry.file_type().is_dir() {
+            continue;
+        }
         let meta = std::fs::symlink_metadata(source.join(rel))?;
-        std::os::unix::fs::lchown(entry.path(), Some(meta.uid()), Some(meta.gid()))?;
-        std::fs::set_permissions(
-            entry.path(),
-            std::fs::Permissions::from_mode(meta.mode() & 0o7777),
-        )?;
-        let times = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: meta.atime(),
-                tv_nsec: meta.atime_nsec() as _,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: meta.mtime(),
-                tv_nsec: meta.mtime_nsec() as _,
-            },
-        };
-        rustix::fs::utimensat(
+        kiln_fsutil::root::set_meta_at(
             rustix::fs::CWD,
-            entry.path(),
-            &times,
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            entry.path().as_os_str(),
+            Some((meta.uid(), meta.gid())),
+            Some(meta.mode() & 0o7777),
+            Some((meta.atime(), meta.mtime())),
         )?;
     }
     Ok(())
