@@ -82,13 +82,14 @@ impl ImageConfig {
     /// Sets `key`, replacing an earlier definition in place as docker does.
     pub fn set_env(&mut self, key: &str, value: &str) {
         let entry = format!("{key}={value}");
-        match self
-            .env
-            .iter_mut()
-            .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
-        {
+        match self.env.iter_mut().find(|e| env_key(e) == key) {
             Some(existing) => *existing = entry,
             None => self.env.push(entry),
         }
     }
+}
+
+/// The variable a `KEY=value` environment entry sets (the whole entry when it has no `=`).
+pub fn env_key(entry: &str) -> &str {
+    entry.split_once('=').map_or(entry, |(key, _)| key)
 }

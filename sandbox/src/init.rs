@@ -449,7 +449,7 @@ impl Prepared {
                 .iter()
                 .map(|e| {
                     CString::new(e.as_str()).map_err(|_| {
-                        let name = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+                        let name = kiln_llb::image::env_key(e);
                         ChildError::InvalidSpec(format!("the value of {name:?} contains a NUL byte"))
                     })
                 })

@@ -307,7 +307,7 @@ fn validate(spec: &ExecSpec) -> Result<(), SandboxError> {
     }
     // By name only: an environment value may be a secret.
     if let Some(e) = spec.env.iter().find(|e| e.contains('\0')) {
-        let name = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+        let name = kiln_llb::image::env_key(e);
         return invalid(format!(
             "the value of the environment variable {name:?} contains a NUL byte"
         ));

@@ -51,8 +51,8 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         let mut env = config.env.clone();
         for entry in &args.env {
-            let key = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
-            env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+            let key = kiln_llb::image::env_key(entry);
+            env.retain(|e| kiln_llb::image::env_key(e) != key);
             env.push(if entry.contains('=') {
                 entry.clone()
             } else {

@@ -40,8 +40,7 @@ pub(crate) async fn run(
     let prepared = inner.prepare(idx)?;
     // What the mounts need lives until the step is over: views of other results, held cache mounts.
     let mut views: Vec<MountedTree> = Vec::new();
-    let mut held = Vec::new();
-    let mut held_ids: Vec<(String, std::path::PathBuf)> = Vec::new();
+    let mut held: Vec<(String, kiln_cache::CacheMount)> = Vec::new();
     let mut mounts = Vec::new();
     let mut secret_env = Vec::new();
     // Served until the step is over.
@@ -100,9 +99,9 @@ pub(crate) async fn run(
             MountKind::Cache { id, sharing } => {
                 // A second mount of the same cache in one step is the same directory: locking it again on
                 // another descriptor would wait for this very step.
-                if let Some((_, path)) = held_ids.iter().find(|(held, _)| held == id) {
+                if let Some((_, cache)) = held.iter().find(|(held_id, _)| held_id == id) {
                     mounts.push(ExecMount::Bind {
-                        source: path.clone(),
+                        source: cache.path.clone(),
                         dest: mount.dest.clone(),
                         readonly: mount.readonly,
                     });
@@ -143,8 +142,7 @@ pub(crate) async fn run(
                     dest: mount.dest.clone(),
                     readonly: mount.readonly,
                 });
-                held_ids.push((id.clone(), cache.path.clone()));
-                held.push(cache);
+                held.push((id.clone(), cache));
             }
             MountKind::Tmpfs { size } => mounts.push(ExecMount::Tmpfs {
                 dest: mount.dest.clone(),
@@ -272,10 +270,9 @@ pub(crate) async fn run(
 /// The step's environment with each secret variable in place of any entry of the same name (as BuildKit's
 /// executor replaces it), so an `ENV TOKEN=placeholder` does not shadow the secret.
 fn with_secret_env(env: &[String], secrets: Vec<(String, String)>) -> Vec<String> {
-    let name = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_string();
     let mut out: Vec<String> = env
         .iter()
-        .filter(|e| !secrets.iter().any(|(n, _)| *n == name(e)))
+        .filter(|e| !secrets.iter().any(|(n, _)| n == kiln_llb::image::env_key(e)))
         .cloned()
         .collect();
     out.extend(secrets.into_iter().map(|(n, v)| format!("{n}={v}")));
