@@ -52,6 +52,20 @@ enum Broken {
     CacheRecord(String),
 }
 
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Broken::Blob(digest) => write!(f, "corrupt blob {digest}"),
+            Broken::BlobMeta(key) => write!(f, "metadata of blob {key}"),
+            Broken::DiffBlob { diff, blob } => write!(f, "index entry {diff} -> {blob}"),
+            Broken::Image(name) => write!(f, "image {name} (its content is damaged; pull or build it again)"),
+            Broken::Snapshot(id) => write!(f, "record of snapshot {id}"),
+            Broken::SnapshotIndex(diff) => write!(f, "index entry {diff}"),
+            Broken::CacheRecord(key) => write!(f, "cache record {key}"),
+        }
+    }
+}
+
 /// What `repair` did, one line each, and how the store checked afterwards.
 #[derive(Debug, Default)]
 pub struct RepairReport {
@@ -270,77 +284,62 @@ impl Store {
     /// corrupt), then what that leaves orphaned and what crashes left over (as `prune` does, keeping the
     /// build cache that is sound), and checks again. Says what it removed.
     pub fn repair(&self) -> Result<RepairReport> {
-        use crate::meta::{BLOB_META, DIFF_BLOBS, SNAPSHOT_BY_DIFF, SNAPSHOTS};
+        use crate::meta::{BLOB_META, CACHE_RECORDS, DIFF_BLOBS, IMAGES, SNAPSHOT_BY_DIFF, SNAPSHOTS};
         use redb::ReadableMultimapTable;
         let mut removed = Vec::new();
-        // Removing one thing can break what refers to it: a few rounds reach the fixed point.
-        for _ in 0..4 {
-            let report = self.check()?;
-            if report.broken.is_empty() {
+        // Removing one thing can break what refers to it: a few rounds reach the fixed point. Blobs are read
+        // again only in the first; the later rounds remove records, which cannot corrupt a blob.
+        for round in 0..4 {
+            let broken = self.check_with(round == 0)?.broken;
+            if broken.is_empty() {
                 break;
             }
-            for broken in report.broken {
-                match &broken {
-                    Broken::Blob(digest) => {
-                        let key = digest.to_string();
-                        self.write(|txn| {
+            self.write(|txn| {
+                for b in &broken {
+                    match b {
+                        Broken::Blob(digest) => {
+                            let key = digest.to_string();
                             txn.open_table(BLOB_META)?.remove(key.as_str())?;
                             let mut index = txn.open_multimap_table(DIFF_BLOBS)?;
-                            let stale: Vec<String> = index
+                            let diffs: Vec<String> = index
                                 .iter()?
                                 .filter_map(|entry| entry.ok())
                                 .map(|(diff, _)| diff.value().to_string())
                                 .collect();
-                            for diff in stale {
+                            for diff in diffs {
                                 index.remove(diff.as_str(), key.as_str())?;
                             }
-                            Ok(())
-                        })?;
-                        if let Some(trash) = self.trash_if_present(&self.blob_path(digest))? {
-                            crate::gc::remove_any(&trash)?;
                         }
-                        removed.push(format!("corrupt blob {digest}"));
-                    }
-                    Broken::BlobMeta(key) => {
-                        self.write(|txn| {
+                        Broken::BlobMeta(key) => {
                             txn.open_table(BLOB_META)?.remove(key.as_str())?;
-                            Ok(())
-                        })?;
-                        removed.push(format!("metadata of blob {key}"));
-                    }
-                    Broken::DiffBlob { diff, blob } => {
-                        self.write(|txn| {
+                        }
+                        Broken::DiffBlob { diff, blob } => {
                             txn.open_multimap_table(DIFF_BLOBS)?
                                 .remove(diff.as_str(), blob.as_str())?;
-                            Ok(())
-                        })?;
-                        removed.push(format!("index entry {diff} -> {blob}"));
-                    }
-                    Broken::Image(name) => {
-                        self.untag(name)?;
-                        removed.push(format!(
-                            "image {name} (its content is damaged; pull or build it again)"
-                        ));
-                    }
-                    Broken::Snapshot(id) => {
-                        self.write(|txn| {
+                        }
+                        Broken::Image(name) => {
+                            txn.open_table(IMAGES)?.remove(name.as_str())?;
+                        }
+                        Broken::Snapshot(id) => {
                             txn.open_table(SNAPSHOTS)?.remove(id.as_str())?;
-                            Ok(())
-                        })?;
-                        removed.push(format!("record of snapshot {id}"));
-                    }
-                    Broken::SnapshotIndex(diff) => {
-                        self.write(|txn| {
+                        }
+                        Broken::SnapshotIndex(diff) => {
                             txn.open_table(SNAPSHOT_BY_DIFF)?.remove(diff.as_str())?;
-                            Ok(())
-                        })?;
-                        removed.push(format!("index entry {diff}"));
-                    }
-                    Broken::CacheRecord(key) => {
-                        self.remove_cache_record(key)?;
-                        removed.push(format!("cache record {key}"));
+                        }
+                        Broken::CacheRecord(key) => {
+                            txn.open_table(CACHE_RECORDS)?.remove(key.as_str())?;
+                        }
                     }
                 }
+                Ok(())
+            })?;
+            for b in &broken {
+                if let Broken::Blob(digest) = b
+                    && let Some(trash) = self.trash_if_present(&self.blob_path(digest))?
+                {
+                    crate::gc::remove_any(&trash)?;
+                }
+                removed.push(b.to_string());
             }
         }
         let pruned = self.prune(false, None)?;
@@ -361,9 +360,10 @@ impl Store {
             removed.push(format!("{} leftover temp entries", pruned.temp_entries));
         }
         removed.extend(self.remove_unrecorded_cache_mounts()?);
+        // Every blob left was read in the first round.
         Ok(RepairReport {
             removed,
-            after: self.check()?,
+            after: self.check_with(false)?,
         })
     }
 }

@@ -33,7 +33,7 @@ pub(crate) const SNAPSHOT_BY_DIFF: TableDefinition<'static, &'static str, &'stat
 /// Lease id → [`Lease`].
 const LEASES: JsonTable = TableDefinition::new("leases");
 /// Cache key → [`CacheRecord`].
-const CACHE_RECORDS: JsonTable = TableDefinition::new("cache_records");
+pub(crate) const CACHE_RECORDS: JsonTable = TableDefinition::new("cache_records");
 /// Directory name under ROOT/cache-mounts → [`CacheMountRecord`].
 pub(crate) const CACHE_MOUNTS: JsonTable = TableDefinition::new("cache_mounts");
 
